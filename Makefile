@@ -1,0 +1,29 @@
+# The MLOps course lab. `make up` runs it, `make test` tests it, `make down` stops it.
+.PHONY: up down test test-unit build bench help
+
+help:
+	@echo "make up      build what is missing, start the lab, print its URL and how to log in"
+	@echo "make down    stop the lab and its student servers (every volume is kept)"
+	@echo "make test    the whole suite: unit, integration and browser tests"
+	@echo "make build   rebuild the images (hub, demo identity provider, course)"
+	@echo "make bench   bench/spawn.py against the running lab"
+
+up:
+	bash scripts/up.sh
+
+down:
+	bash scripts/down.sh
+
+test:
+	bash scripts/test.sh
+
+test-unit:
+	bash scripts/test.sh unit
+
+build:
+	bash scripts/bootstrap.sh all
+	bash scripts/build-images.sh
+
+bench:
+	bash scripts/test.sh setup
+	.venv/bin/python bench/spawn.py

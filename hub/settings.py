@@ -1,0 +1,388 @@
+"""Operator settings: one YAML file (``lab.yaml``) plus ``LAB_*`` environment variables.
+
+The file holds everything an operator tunes; secrets and per-host facts (ports, URLs, the
+instance name) come from the environment, which ``docker compose`` fills from ``.env``.
+
+Like The Littlest JupyterHub, defaults live in one place, the operator's YAML is merged over
+them and validated by a JSON schema with ``additionalProperties: false``. We add what a schema
+validator alone does not give: errors name the file, the line and the dotted key
+(``lab.yaml:12: spawner.mem_limit: '4 GB' is not a size like 512M or 4G``), unknown ``LAB_*``
+variables are refused by name, and every problem is reported at once, not one per restart.
+That is why this module is ours rather than a library's; the checking itself is ``jsonschema``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+DEFAULT_SETTINGS_FILE = "/srv/lab/lab.yaml"
+
+SIZE_RE = re.compile(r"^[0-9]+(\.[0-9]+)?[KMGT]$")
+USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+# Environment variables the hub reads. Each: (default, help). None = no default.
+ENV_VARS: dict[str, tuple[str | None, str]] = {
+    "LAB_INSTANCE": (
+        "mlops-lab",
+        "Name of this lab instance: prefixes the Docker network, student containers and home volumes.",
+    ),
+    "LAB_PUBLIC_URL": ("http://localhost:8000", "URL at which students' browsers reach the lab."),
+    "LAB_COURSE_IMAGE": ("mlops-lab/course:latest", "The course image student servers run (pinned)."),
+    "LAB_NETWORK": (None, "Docker network shared by the hub and student servers (default: LAB_INSTANCE)."),
+    "LAB_HUB_CONNECT_URL": ("http://hub:8081", "URL at which student servers reach the hub's API."),
+    "LAB_IDP_PUBLIC_URL": (
+        "http://localhost:9400",
+        "Demo identity provider as browsers reach it (only with the demo provider).",
+    ),
+    "LAB_IDP_INTERNAL_URL": (
+        "http://idp:9400",
+        "Demo identity provider as the hub reaches it (only with the demo provider).",
+    ),
+    "LAB_ADMIN_API_TOKEN": (None, "Secret: API token of the lab-admin service, for automation."),
+    "LAB_OIDC_CLIENT_SECRET": (None, "Secret: client secret registered with a real OIDC provider."),
+    "LAB_SETTINGS_FILE": (DEFAULT_SETTINGS_FILE, "Path of the operator settings file inside the hub."),
+}
+
+# Host-side variables that compose and the scripts read; the hub may see them and ignores them.
+HOST_ONLY_VARS = {
+    "LAB_HTTP_PORT", "LAB_IDP_PORT", "LAB_IMAGE_TAG", "LAB_TORCH_VARIANT", "LAB_WHEELHOUSE",
+    "LAB_EXTRA_CA_BUNDLE", "LAB_BASE_IMAGE", "LAB_TOOLS_DIR", "LAB_DOCKERD_LOG",
+}
+
+DEFAULTS: dict[str, Any] = {
+    "hub": {
+        "log_level": "INFO",
+        "db_url": "sqlite:////srv/jupyterhub/jupyterhub.sqlite",
+        "concurrent_spawn_limit": 20,
+        "active_server_limit": 0,
+    },
+    "auth": {
+        "provider": "auto",
+        "admin_users": [],
+        "allowed_users": [],
+        "allow_all": False,
+        "oidc": {
+            "client_id": "",
+            "authorize_url": "",
+            "token_url": "",
+            "userdata_url": "",
+            "username_claim": "sub",
+            "scope": ["openid", "profile", "email"],
+            "login_service": "single sign-on",
+        },
+        "demo": {
+            "people": ["s230001", "s230002", "s230003", "teacher"],
+            "admins": ["teacher"],
+        },
+    },
+    "spawner": {
+        "mem_limit": "4G",
+        "cpu_limit": 2.0,
+        "pids_limit": 1024,
+        "shm_size": "1G",
+        "start_timeout": 180,
+        "http_timeout": 120,
+        "home_volume": "{instance}-home-{username}",
+        "environment": {},
+    },
+    "culler": {
+        "enabled": True,
+        "timeout": 3600,
+        "every": 300,
+        "max_age": 0,
+    },
+}
+
+_size = {"type": "string", "pattern": SIZE_RE.pattern, "description": "a size like 512M or 4G"}
+_user_list = {
+    "type": "array",
+    "items": {"type": "string", "pattern": USERNAME_RE.pattern},
+    "uniqueItems": True,
+}
+_url = {"type": "string", "pattern": r"^(https?://[^\s]+)?$", "description": "an http(s) URL"}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "hub": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
+                "db_url": {"type": "string", "pattern": r"^(sqlite|postgresql(\+[a-z0-9]+)?)://"},
+                "concurrent_spawn_limit": {"type": "integer", "minimum": 0},
+                "active_server_limit": {"type": "integer", "minimum": 0},
+            },
+        },
+        "auth": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "provider": {"enum": ["auto", "demo", "oidc"]},
+                "admin_users": _user_list,
+                "allowed_users": _user_list,
+                "allow_all": {"type": "boolean"},
+                "oidc": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "client_id": {"type": "string"},
+                        "authorize_url": _url,
+                        "token_url": _url,
+                        "userdata_url": _url,
+                        "username_claim": {"type": "string", "minLength": 1},
+                        "scope": {"type": "array", "items": {"type": "string"}},
+                        "login_service": {"type": "string", "minLength": 1},
+                    },
+                },
+                "demo": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "people": {**_user_list, "minItems": 1},
+                        "admins": _user_list,
+                    },
+                },
+            },
+        },
+        "spawner": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "mem_limit": _size,
+                "cpu_limit": {"type": "number", "exclusiveMinimum": 0},
+                "pids_limit": {"type": "integer", "minimum": 64},
+                "shm_size": _size,
+                "start_timeout": {"type": "integer", "minimum": 10},
+                "http_timeout": {"type": "integer", "minimum": 10},
+                "home_volume": {
+                    "type": "string",
+                    "pattern": r"\{username\}",
+                    "description": "a volume name template containing {username}",
+                },
+                "environment": {
+                    "type": "object",
+                    "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+                    "additionalProperties": {"type": "string"},
+                },
+            },
+        },
+        "culler": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "enabled": {"type": "boolean"},
+                "timeout": {"type": "integer", "minimum": 60},
+                "every": {"type": "integer", "minimum": 10},
+                "max_age": {"type": "integer", "minimum": 0},
+            },
+        },
+    },
+}
+
+
+class SettingsError(ValueError):
+    """The operator's settings are invalid; the message lists every problem found."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid lab settings:\n  " + "\n  ".join(problems))
+
+
+@dataclass
+class Settings:
+    """Validated settings: ``values`` (merged YAML) and ``env`` (LAB_* variables with defaults)."""
+
+    values: dict[str, Any]
+    env: dict[str, str | None]
+    source: str = "<defaults>"
+    warnings: list[str] = field(default_factory=list)
+
+    def get(self, dotted: str) -> Any:
+        """Return the value at a dotted path, e.g. ``get("spawner.mem_limit")``."""
+        node: Any = self.values
+        for part in dotted.split("."):
+            node = node[part]
+        return node
+
+    @property
+    def instance(self) -> str:
+        return self.env["LAB_INSTANCE"] or "mlops-lab"
+
+    @property
+    def network(self) -> str:
+        return self.env["LAB_NETWORK"] or self.instance
+
+    @property
+    def auth_provider(self) -> str:
+        """The identity provider in use: ``demo`` unless a real one is configured."""
+        provider = self.get("auth.provider")
+        if provider == "auto":
+            return "oidc" if self.get("auth.oidc.client_id") else "demo"
+        return provider
+
+    @property
+    def home_volume_template(self) -> str:
+        return self.get("spawner.home_volume").replace("{instance}", self.instance)
+
+
+def _line_index(node: yaml.Node, path: tuple[str, ...] = (), out: dict | None = None) -> dict:
+    """Map each dotted key path in a YAML document to its 1-based line number."""
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key_path = path + (str(key_node.value),)
+            out[key_path] = key_node.start_mark.line + 1
+            _line_index(value_node, key_path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[path + (str(i),)] = item.start_mark.line + 1
+            _line_index(item, path + (str(i),), out)
+    return out
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """Turn a schema error into words an operator can act on."""
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        known = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"unknown key {', '.join(repr(e) for e in extra)} (known keys here: {known})"
+    if error.validator == "enum":
+        choices = " | ".join(str(c) for c in error.validator_value)
+        return f"{error.instance!r} is not one of: {choices}"
+    if error.validator == "pattern" and "description" in error.schema:
+        return f"{error.instance!r} is not {error.schema['description']}"
+    if error.validator == "pattern" and error.path and error.schema.get("pattern") == USERNAME_RE.pattern:
+        return f"{error.instance!r} is not a valid user name (lower-case letters, digits, . _ -)"
+    if error.validator == "type":
+        return f"{error.instance!r} is not of type {error.validator_value}"
+    return error.message
+
+
+def _check_env(environ: dict[str, str], problems: list[str]) -> dict[str, str | None]:
+    env: dict[str, str | None] = {}
+    for name in sorted(k for k in environ if k.startswith("LAB_")):
+        if name not in ENV_VARS and name not in HOST_ONLY_VARS:
+            known = ", ".join(sorted(ENV_VARS))
+            problems.append(f"environment: unknown variable {name} (known: {known})")
+    for name, (default, _help) in ENV_VARS.items():
+        value = environ.get(name, "")
+        env[name] = value if value != "" else default
+    instance = env["LAB_INSTANCE"] or ""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,40}", instance):
+        problems.append(
+            f"environment: LAB_INSTANCE={instance!r} must be lower-case letters, digits, '.', '_' or '-'"
+        )
+    for name in ("LAB_PUBLIC_URL", "LAB_HUB_CONNECT_URL", "LAB_IDP_PUBLIC_URL", "LAB_IDP_INTERNAL_URL"):
+        if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", env[name] or ""):
+            problems.append(f"environment: {name}={env[name]!r} is not an http(s) URL")
+    token = env["LAB_ADMIN_API_TOKEN"]
+    if token is not None and (len(token) < 32 or not re.fullmatch(r"[A-Za-z0-9_-]+", token)):
+        problems.append(
+            "environment: LAB_ADMIN_API_TOKEN must be at least 32 characters of letters, digits, '-' or '_'"
+            " (make one with: openssl rand -hex 32)"
+        )
+    return env
+
+
+def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Load, merge and validate the settings file and environment; raise SettingsError listing all problems.
+
+    A missing file means all defaults. ``path`` defaults to ``$LAB_SETTINGS_FILE``.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    problems: list[str] = []
+    env = _check_env(environ, problems)
+    file_path = Path(path or env["LAB_SETTINGS_FILE"] or DEFAULT_SETTINGS_FILE)
+    name = str(file_path)
+
+    user_values: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
+    if file_path.is_dir():
+        problems.append(f"{name}: is a directory, not a settings file")
+    elif file_path.exists():
+        try:
+            text = file_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            problems.append(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})")
+            text = ""
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{name}:{mark.line + 1}" if mark else name
+            problems.append(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}")
+            node, loaded = None, None
+        if node is not None:
+            lines = _line_index(node)
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            problems.append(f"{name}:1: the settings file must be a mapping of sections (hub, auth, spawner, culler)")
+        else:
+            user_values = loaded
+
+    validator = jsonschema.Draft7Validator(SCHEMA)
+    for error in sorted(validator.iter_errors(user_values), key=lambda e: list(map(str, e.path))):
+        key_path = tuple(str(p) for p in error.path)
+        if error.validator == "additionalProperties":
+            extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+            key_path = key_path + (str(extra[0]),) if extra else key_path
+        line = lines.get(key_path)
+        where = f"{name}:{line}" if line else name
+        dotted = ".".join(key_path) or "(top level)"
+        problems.append(f"{where}: {dotted}: {_describe(error)}")
+
+    values = _merge(DEFAULTS, user_values) if not problems else copy.deepcopy(DEFAULTS)
+    settings = Settings(values=values, env=env, source=name)
+    if not problems:
+        _check_consistency(settings, lines, name, problems)
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _check_consistency(settings: Settings, lines: dict, name: str, problems: list[str]) -> None:
+    """Rules that span several keys."""
+
+    def where(*key: str) -> str:
+        line = lines.get(tuple(key))
+        return f"{name}:{line}" if line else name
+
+    if settings.auth_provider == "oidc":
+        for key in ("client_id", "authorize_url", "token_url", "userdata_url"):
+            if not settings.get(f"auth.oidc.{key}"):
+                problems.append(f"{where('auth', 'oidc')}: auth.oidc.{key}: required when auth.provider is oidc")
+        if not settings.env["LAB_OIDC_CLIENT_SECRET"]:
+            problems.append("environment: LAB_OIDC_CLIENT_SECRET: required when auth.provider is oidc")
+        if not settings.get("auth.allowed_users") and not settings.get("auth.allow_all"):
+            problems.append(
+                f"{where('auth')}: auth.allowed_users: list the people who may log in, or set auth.allow_all: true"
+            )
+    else:
+        people = set(settings.get("auth.demo.people"))
+        for admin in settings.get("auth.demo.admins"):
+            if admin not in people:
+                problems.append(f"{where('auth', 'demo', 'admins')}: auth.demo.admins: {admin!r} is not in auth.demo.people")
+    if settings.get("culler.max_age") and settings.get("culler.max_age") < settings.get("culler.every"):
+        problems.append(f"{where('culler', 'max_age')}: culler.max_age: must be 0 (off) or at least culler.every")

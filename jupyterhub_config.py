@@ -1,0 +1,14 @@
+# JupyterHub configuration for the MLOps course lab: load the operator's settings, then apply them.
+# Everything an operator tunes is in lab.yaml and .env (see README.md), not here.
+import sys
+
+from hub.config import apply
+from hub.settings import SettingsError, load_settings
+
+try:
+    settings = load_settings()
+except SettingsError as error:
+    print(f"[mlops-lab] {error}", file=sys.stderr)
+    sys.exit(2)
+
+apply(c, settings)  # noqa: F821  (c is JupyterHub's config object)

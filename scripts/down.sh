@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# `make down`: stop the lab and every student server of it. Every volume (hub state, homes) is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -f .env ] && { set -a; . ./.env; set +a; }
+instance="${LAB_INSTANCE:-mlops-lab}"
+if ! docker info >/dev/null 2>&1; then
+  echo "[down] no Docker engine answers: nothing is running" >&2
+  exit 0
+fi
+docker compose --profile demo down
+ids=$(docker ps -aq --filter "label=mlops-lab.instance=$instance")
+if [ -n "$ids" ]; then
+  docker rm -f $ids >/dev/null
+  echo "[down] stopped $(echo "$ids" | wc -w) student server(s); their homes are kept"
+fi

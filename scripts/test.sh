@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# `make test`: the whole suite on this host, set-up included.
+#   scripts/test.sh          set up, unit tests, build images, integration and browser tests
+#   scripts/test.sh unit     set up the test environment and run the unit tests only
+#   scripts/test.sh setup    only set up the test environment (.venv, Chromium)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step="${1:-all}"
+
+say() { printf '[test] %s\n' "$*" >&2; }
+
+apt_install() {
+  if [ ! -f /var/lib/apt/periodic/lab-updated ] || [ -z "$(find /var/lib/apt/periodic/lab-updated -mmin -60 2>/dev/null)" ]; then
+    apt-get update -qq
+    mkdir -p /var/lib/apt/periodic && touch /var/lib/apt/periodic/lab-updated
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+setup() {
+  local missing=()
+  command -v python3 >/dev/null || missing+=(python3)
+  python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v curl >/dev/null || missing+=(curl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+  fi
+  local stamp=.venv/.requirements.sha
+  local want
+  want=$(cat tests/requirements.txt images/hub/requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+  if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "creating the test environment (.venv)"
+    rm -rf .venv
+    python3 -m venv .venv
+    .venv/bin/pip install -q -r tests/requirements.txt
+    .venv/bin/pip install -q --no-deps -e .
+    echo "$want" > "$stamp"
+  fi
+}
+
+setup
+[ "$step" = setup ] && exit 0
+
+say "unit tests"
+.venv/bin/python -m pytest tests/unit -q -p no:cacheprovider
+[ "$step" = unit ] && exit 0
+
+say "engine, base image and the lab's images"
+bash scripts/bootstrap.sh all
+bash scripts/build-images.sh
+
+say "integration and browser tests (against a separate lab instance, mlops-lab-test)"
+mkdir -p tests/artifacts
+.venv/bin/python -m pytest tests/integration tests/browser -q -rs -p no:cacheprovider

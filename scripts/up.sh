@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# `make up`: set up what is missing, check the settings, start the lab, print how to log in.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '[up] %s\n' "$*" >&2; }
+die() { printf '[up] ERROR: %s\n' "$*" >&2; exit 1; }
+
+bash scripts/bootstrap.sh all
+
+if [ ! -f .env ]; then
+  token=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  sed "s/^LAB_ADMIN_API_TOKEN=.*/LAB_ADMIN_API_TOKEN=$token/" .env.example > .env
+  chmod 600 .env
+  say "created .env (with a fresh LAB_ADMIN_API_TOKEN)"
+fi
+if [ ! -f lab.yaml ]; then
+  cp lab.example.yaml lab.yaml
+  say "created lab.yaml from lab.example.yaml"
+fi
+set -a; . ./.env; set +a
+tag="${LAB_IMAGE_TAG:-$(cat VERSION)}"
+
+bash scripts/build-images.sh
+
+# Check the settings with the hub's own code before starting anything; learn the provider.
+provider=$(docker run --rm --network none \
+  -v "$PWD/lab.yaml:/srv/lab/lab.yaml:ro" --env-file .env \
+  "mlops-lab/hub:$tag" python3 -c '
+import sys
+from hub.settings import SettingsError, load_settings
+try:
+    print(load_settings().auth_provider)
+except SettingsError as e:
+    print(e, file=sys.stderr)
+    sys.exit(2)
+') || die "fix lab.yaml or .env as said above, then run make up again"
+
+profiles=()
+[ "$provider" = demo ] && profiles=(--profile demo)
+docker compose "${profiles[@]}" up -d --remove-orphans
+
+port="${LAB_HTTP_PORT:-8000}"
+for _ in $(seq 1 90); do
+  if curl -fsS "http://127.0.0.1:$port/hub/health" >/dev/null 2>&1; then
+    url="${LAB_PUBLIC_URL:-http://localhost:$port}"
+    echo
+    echo "The lab is running at $url"
+    if [ "$provider" = demo ]; then
+      people=$(docker compose logs idp 2>/dev/null | grep -o 'demo people: .*' | tail -n 1 | cut -d' ' -f3-)
+      echo "Demo mode: no real identity provider is configured (see README, 'Identity')."
+      echo "Open the URL, click 'Sign in with the demo identity provider', then pick a demo person"
+      echo "(${people:-see lab.yaml auth.demo.people}); admins: see auth.demo.admins in lab.yaml."
+    else
+      echo "Open the URL and sign in through your identity provider."
+    fi
+    echo "Stop with: make down (every volume is kept)"
+    exit 0
+  fi
+  sleep 2
+done
+docker compose logs --tail 40 hub >&2 || true
+die "the hub did not answer on port $port within 180 s (its last log lines are above)"

@@ -1,0 +1,53 @@
+"""A newcomer in a real browser: log in through the demo identity provider, land in JupyterLab."""
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.conftest import ARTIFACTS
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update",
+                 "--disable-gpu", "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def test_demo_login_lands_in_own_jupyterlab(lab, browser):
+    """Log in as a demo person: the login page says it is a demo, and the JupyterLab launcher appears."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(f"{lab.url}/hub/login")
+    expect(page.get_by_text("demo identity provider").first).to_be_visible()
+    page.get_by_role("link", name="Sign in with the demo identity provider").click()
+    # The demo identity provider's own page: pick a demo person.
+    page.wait_for_url(f"{lab.idp_url}/oauth2/authorize*")
+    page.get_by_role("button", name="s230002").click()
+    # Back at the hub: the server spawns, then JupyterLab loads.
+    page.wait_for_url("**/user/s230002/lab**", timeout=240_000)
+    launcher = page.locator(".jp-Launcher")
+    expect(launcher).to_be_visible(timeout=120_000)
+    expect(page.locator(".jp-DirListing-content").get_by_text("00-welcome")).to_be_visible()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "jupyterlab-launcher.png"))
+    page.close()
+
+
+def test_person_not_on_the_list_is_refused(lab, browser):
+    """Someone the lab does not know gets a refusal, not a server."""
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(f"{lab.url}/hub/oauth_login")
+    page.wait_for_url(f"{lab.idp_url}/oauth2/authorize*")
+    page.get_by_placeholder("sub").fill("intruder")
+    page.get_by_role("button", name="Authorize").click()
+    page.wait_for_load_state()
+    expect(page.get_by_text("403")).to_be_visible()
+    assert "/user/intruder" not in page.url
+    page.close()

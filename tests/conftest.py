@@ -1,0 +1,152 @@
+"""Shared fixtures: a separate, real lab instance (compose project "mlops-lab-test") for the
+integration and browser tests, started once per session and removed after it, volumes included.
+It never touches the operator's own lab (other instance name, network, ports and volumes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+INSTANCE = "mlops-lab-test"
+HTTP_PORT = int(os.environ.get("LAB_TEST_HTTP_PORT", "18000"))
+IDP_PORT = int(os.environ.get("LAB_TEST_IDP_PORT", "19400"))
+TAG = os.environ.get("LAB_IMAGE_TAG") or (ROOT / "VERSION").read_text().strip()
+
+
+class Lab:
+    """A running test lab: its URLs, admin token and helpers for the hub's REST API."""
+
+    def __init__(self, env_file: Path, settings_file: Path, token: str):
+        self.env_file = env_file
+        self.settings_file = settings_file
+        self.token = token
+        self.url = f"http://127.0.0.1:{HTTP_PORT}"
+        self.idp_url = f"http://127.0.0.1:{IDP_PORT}"
+        self.instance = INSTANCE
+        self.course_image = f"mlops-lab/course:{TAG}"
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"token {token}"
+
+    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = ["docker", "compose", "--project-directory", str(ROOT), "--env-file", str(self.env_file),
+               "-p", INSTANCE, "--profile", "demo", *args]
+        return subprocess.run(cmd, check=check, capture_output=True, text=True)
+
+    def api(self, method: str, path: str, **kw) -> requests.Response:
+        return self.session.request(method, f"{self.url}/hub/api{path}", timeout=60, **kw)
+
+    def new_user(self, prefix: str = "t") -> str:
+        name = f"{prefix}{uuid.uuid4().hex[:8]}"
+        r = self.api("POST", f"/users/{name}")
+        assert r.status_code == 201, r.text
+        return name
+
+    def start(self, name: str, timeout: float = 240) -> dict:
+        r = self.api("POST", f"/users/{name}/server")
+        assert r.status_code in (201, 202), f"starting {name}: {r.status_code} {r.text}"
+        return self.wait_ready(name, timeout)
+
+    def wait_ready(self, name: str, timeout: float = 240) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = self.api("GET", f"/users/{name}").json()
+            server = model.get("servers", {}).get("")
+            if server and server.get("ready"):
+                return server
+            if not server:
+                raise AssertionError(f"{name}'s server stopped while starting: {model}")
+            time.sleep(1)
+        raise AssertionError(f"{name}'s server not ready after {timeout}s")
+
+    def stop(self, name: str, timeout: float = 120) -> None:
+        r = self.api("DELETE", f"/users/{name}/server")
+        assert r.status_code in (202, 204), r.text
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.api("GET", f"/users/{name}").json().get("servers"):
+                return
+            time.sleep(1)
+        raise AssertionError(f"{name}'s server did not stop")
+
+    def server_api(self, name: str, method: str, path: str, **kw) -> requests.Response:
+        """Call a user's JupyterLab REST API through the proxy, with the admin token."""
+        return self.session.request(method, f"{self.url}/user/{name}/api{path}", timeout=60, **kw)
+
+
+def docker(*args: str, check: bool = True) -> str:
+    return subprocess.run(["docker", *args], check=check, capture_output=True, text=True).stdout
+
+
+def docker_json(*args: str):
+    return json.loads(docker(*args))
+
+
+def _remove_instance_objects() -> None:
+    ids = docker("ps", "-aq", "--filter", f"label=mlops-lab.instance={INSTANCE}").split()
+    if ids:
+        docker("rm", "-f", *ids, check=False)
+    vols = [v for v in docker("volume", "ls", "-q").split() if v.startswith(f"{INSTANCE}-home-")]
+    if vols:
+        docker("volume", "rm", "-f", *vols, check=False)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory) -> Lab:
+    """Start the test lab from the built images; remove it and all its volumes afterwards."""
+    subprocess.run(["docker", "info"], check=True, capture_output=True)
+    for image in ("hub", "idp", "course"):
+        subprocess.run(["docker", "image", "inspect", f"mlops-lab/{image}:{TAG}"], check=True,
+                       capture_output=True)
+    workdir = tmp_path_factory.mktemp("lab")
+    token = secrets.token_hex(32)
+    settings_file = workdir / "lab.yaml"
+    settings_file.write_text(
+        "auth:\n  demo:\n    people: [s230001, s230002, teacher]\n    admins: [teacher]\n"
+        "spawner:\n  mem_limit: 2G\n  cpu_limit: 1.0\n  start_timeout: 120\n"
+        "culler:\n  enabled: false\n"
+    )
+    env_file = workdir / "test.env"
+    env_file.write_text("\n".join([
+        f"LAB_INSTANCE={INSTANCE}",
+        f"LAB_HTTP_PORT={HTTP_PORT}",
+        f"LAB_IDP_PORT={IDP_PORT}",
+        f"LAB_PUBLIC_URL=http://127.0.0.1:{HTTP_PORT}",
+        f"LAB_IDP_PUBLIC_URL=http://127.0.0.1:{IDP_PORT}",
+        f"LAB_ADMIN_API_TOKEN={token}",
+        f"LAB_IMAGE_TAG={TAG}",
+        f"LAB_SETTINGS_HOST_FILE={settings_file}",
+    ]) + "\n")
+    settings_file.chmod(0o644)
+    lab = Lab(env_file, settings_file, token)
+    lab.compose("down", "-v", check=False)
+    _remove_instance_objects()
+    up = lab.compose("up", "-d", check=False)
+    assert up.returncode == 0, up.stderr
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{lab.url}/hub/health", timeout=2).ok and \
+                        requests.get(f"{lab.idp_url}/.well-known/openid-configuration", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("test lab did not come up:\n" + lab.compose("logs", "--tail", "60").stdout)
+            time.sleep(1)
+        yield lab
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "compose.log").write_text(lab.compose("logs", "--no-color", check=False).stdout)
+        lab.compose("down", "-v", check=False)
+        _remove_instance_objects()
