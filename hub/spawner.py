@@ -12,6 +12,7 @@ spawn with a message that shows them to the student.
 from __future__ import annotations
 
 import asyncio
+import html
 import time
 
 from dockerspawner import DockerSpawner
@@ -33,8 +34,13 @@ class ContainerExited(web.HTTPError):
             f" (exit code {exit_code}). Its last log lines:\n{log_tail or '(no output)'}"
         )
         super().__init__(500, message, reason="Server failed to start")
-        # JupyterHub shows `jupyterhub_message` to the user on its error and progress pages.
+        # JupyterHub shows these to the user on its error and progress pages.
         self.jupyterhub_message = message
+        self.jupyterhub_html_message = (
+            f"<p>Your server's container stopped while starting (exit code {exit_code})."
+            f" Its last log lines:</p><pre>{html.escape(log_tail or '(no output)')}</pre>"
+            "<p>Try again. If it fails again, tell the course staff and quote these lines.</p>"
+        )
 
     def __str__(self) -> str:
         return self.log_message

@@ -33,7 +33,7 @@ for a in "$@"; do
 done
 [ ${#images[@]} -gt 0 ] || images=(hub idp course)
 
-prepare_inputs() {
+prepare_ca() {
   rm -rf .build && mkdir -p .build/ca .build/wheelhouse
   local ca="${LAB_EXTRA_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
   if [ "$ca" != none ]; then
@@ -41,6 +41,12 @@ prepare_inputs() {
     grep -q 'BEGIN CERTIFICATE' "$ca" || die "LAB_EXTRA_CA_BUNDLE=$ca: not a PEM bundle (no BEGIN CERTIFICATE line)"
     cp "$ca" .build/ca/extra-ca.crt
   fi
+}
+
+# The wheelhouse goes into the build context of the course image only (it holds torch).
+prepare_wheelhouse() {
+  rm -rf .build/wheelhouse && mkdir -p .build/wheelhouse
+  [ "$1" = course ] || return 0
   local wh="${LAB_WHEELHOUSE:-}"
   if [ -z "$wh" ] && [ -d /opt/wheels ]; then wh=/opt/wheels; fi
   if [ -n "$wh" ] && [ "$wh" != none ]; then
@@ -56,8 +62,9 @@ for img in "${images[@]}"; do
   if [ "$only_missing" = 1 ] && docker image inspect "$ref" >/dev/null 2>&1; then
     continue
   fi
-  [ "$built" = 1 ] || prepare_inputs
+  [ "$built" = 1 ] || prepare_ca
   built=1
+  prepare_wheelhouse "$img"
   args=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
   [ "$img" = course ] && args+=(--build-arg "TORCH_VARIANT=$variant")
   if [ "$img" = course ]; then say "building $ref (torch: $variant)"; else say "building $ref"; fi

@@ -48,7 +48,7 @@ for _ in $(seq 1 90); do
     echo "The lab is running at $url"
     if [ "$provider" = demo ]; then
       people=$(docker compose logs idp 2>/dev/null | grep -o 'demo people: .*' | tail -n 1 | cut -d' ' -f3-)
-      echo "Demo mode: no real identity provider is configured (see README, 'Identity')."
+      echo "Demo mode: no real identity provider is configured (see README.md, 'Demo mode')."
       echo "Open the URL, click 'Sign in with the demo identity provider', then pick a demo person"
       echo "(${people:-see lab.yaml auth.demo.people}); admins: see auth.demo.admins in lab.yaml."
     else

@@ -3,7 +3,7 @@
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.conftest import ARTIFACTS
+from tests.conftest import ARTIFACTS, docker
 
 pytestmark = pytest.mark.browser
 
@@ -25,7 +25,7 @@ def test_demo_login_lands_in_own_jupyterlab(lab, browser):
     page.set_default_timeout(60_000)
     page.goto(f"{lab.url}/hub/login")
     expect(page.get_by_text("demo identity provider").first).to_be_visible()
-    page.get_by_role("link", name="Sign in with the demo identity provider").click()
+    page.get_by_text("Sign in with the demo identity provider").click()
     # The demo identity provider's own page: pick a demo person.
     page.wait_for_url(f"{lab.idp_url}/oauth2/authorize*")
     page.get_by_role("button", name="s230002").click()
@@ -34,8 +34,27 @@ def test_demo_login_lands_in_own_jupyterlab(lab, browser):
     launcher = page.locator(".jp-Launcher")
     expect(launcher).to_be_visible(timeout=120_000)
     expect(page.locator(".jp-DirListing-content").get_by_text("00-welcome")).to_be_visible()
+    # A student sees the Assignments tools, not the instructors' ones.
+    expect(page.get_by_text("Create Assignment")).to_have_count(0)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "jupyterlab-launcher.png"))
+    page.close()
+
+
+def test_failed_start_shows_the_reason(lab, browser):
+    """A server that cannot start shows the student its container's own last log lines."""
+    volume = f"{lab.instance}-home-s230001"
+    docker("volume", "create", volume)
+    docker("run", "--rm", "--user", "0", "--entrypoint", "sh", "-v", f"{volume}:/h", lab.course_image,
+           "-c", "chown 0:0 /h && chmod 0755 /h && touch /h/owned-by-root")
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.set_default_timeout(60_000)
+    page.goto(f"{lab.url}/hub/login")
+    page.get_by_text("Sign in with the demo identity provider").click()
+    page.get_by_role("button", name="s230001").click()
+    expect(page.get_by_text("is not writable by uid 1000")).to_be_visible(timeout=120_000)
+    expect(page.get_by_text("InvalidStateError")).to_have_count(0)
+    page.screenshot(path=str(ARTIFACTS / "failed-start.png"))
     page.close()
 
 

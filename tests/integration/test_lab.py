@@ -33,6 +33,9 @@ def test_each_jupyterlab_answers_through_the_proxy(lab, two_students):
         assert "00-welcome" in names
         status = lab.server_api(name, "GET", "/status")
         assert status.status_code == 200
+        # Students have nbgrader's assignment list, not the instructors' formgrader.
+        formgrader = lab.session.get(f"{lab.url}/user/{name}/formgrader", timeout=30)
+        assert formgrader.status_code == 404
 
 
 def test_torch_trains_in_a_kernel(lab, two_students):
@@ -158,3 +161,22 @@ def test_failed_start_shows_the_containers_own_log_lines(lab):
     # Nothing is left running, and the hub's log names the reason for the operator.
     assert not docker("ps", "-q", "--filter", f"name={lab.instance}-{name}").strip()
     assert "not writable" in lab.compose("logs", "hub").stdout
+
+
+def test_hub_restart_keeps_users_and_running_servers(lab, two_students):
+    """Restarting the hub container keeps its database (volume) and students' running servers."""
+    a, _ = two_students
+    before = docker_json("inspect", f"{lab.instance}-{a}")[0]["Id"]
+    lab.compose("restart", "hub")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{lab.url}/hub/health", timeout=2).ok:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    assert lab.api("GET", f"/users/{a}").json()["servers"][""]["ready"]
+    r = lab.server_api(a, "GET", "/contents")
+    assert r.status_code == 200
+    assert docker_json("inspect", f"{lab.instance}-{a}")[0]["Id"] == before

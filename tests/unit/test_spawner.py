@@ -149,7 +149,8 @@ def test_hub_accepts_the_generated_config(tmp_path):
 
 def test_container_exit_message_shows_log_lines():
     """The error a student sees carries the container's own last lines."""
-    e = ContainerExited("lab-s1", 1, "lab-start: the home directory is not writable")
+    e = ContainerExited("lab-s1", 1, "lab-start: the home <dir> is not writable")
     assert e.status_code == 500
     assert "not writable" in e.jupyterhub_message
     assert "exit code 1" in str(e)
+    assert "<pre>lab-start: the home &lt;dir&gt; is not writable</pre>" in e.jupyterhub_html_message
