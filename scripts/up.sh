@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make up`: set up what is missing, check the settings, start the lab, print how to log in.
 set -euo pipefail
+trap 'echo "[up] ERROR: unexpected failure at $0 line $LINENO (exit $?)" >&2' ERR
 cd "$(dirname "$0")/.."
 
 say() { printf '[up] %s\n' "$*" >&2; }
