@@ -107,10 +107,15 @@ ensure_base_image() {
   say "imported $BASE_IMAGE"
 }
 
+ensure_tools() {
+  # What the lab's scripts call besides Docker (a minimal Debian lacks curl).
+  command -v curl >/dev/null || apt_install curl ca-certificates
+}
+
 case "${1:-all}" in
   engine) ensure_engine ;;
   compose) ensure_engine; ensure_compose ;;
   base) ensure_engine; ensure_base_image ;;
-  all) ensure_engine; ensure_compose; ensure_base_image ;;
+  all) ensure_tools; ensure_engine; ensure_compose; ensure_base_image ;;
   *) die "unknown step '$1' (engine | compose | base | all)" ;;
 esac

@@ -10,7 +10,7 @@ die() { printf '[up] ERROR: %s\n' "$*" >&2; exit 1; }
 bash scripts/bootstrap.sh all
 
 if [ ! -f .env ]; then
-  token=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+  token=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
   sed "s/^LAB_ADMIN_API_TOKEN=.*/LAB_ADMIN_API_TOKEN=$token/" .env.example > .env
   chmod 600 .env
   say "created .env (with a fresh LAB_ADMIN_API_TOKEN)"
