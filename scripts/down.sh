@@ -5,6 +5,7 @@ trap 'echo "[down] ERROR: unexpected failure at $0 line $LINENO (exit $?)" >&2' 
 cd "$(dirname "$0")/.."
 [ -f .env ] && { set -a; . ./.env; set +a; }
 instance="${LAB_INSTANCE:-mlops-lab}"
+export LAB_IMAGE_TAG="${LAB_IMAGE_TAG:-$(cat VERSION)}"
 if ! docker info >/dev/null 2>&1; then
   echo "[down] no Docker engine answers: nothing is running" >&2
   exit 0

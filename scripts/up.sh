@@ -20,7 +20,8 @@ if [ ! -f lab.yaml ]; then
   say "created lab.yaml from lab.example.yaml"
 fi
 set -a; . ./.env; set +a
-tag="${LAB_IMAGE_TAG:-$(cat VERSION)}"
+export LAB_IMAGE_TAG="${LAB_IMAGE_TAG:-$(cat VERSION)}"
+tag="$LAB_IMAGE_TAG"
 
 bash scripts/build-images.sh
 
