@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from .settings import Settings
+from .spawner import DOCKER_SAFE_USERNAME, docker_name
 
 DEMO_CLIENT_ID = "mlops-lab"
 HOME = "/home/jovyan"
@@ -76,7 +77,7 @@ def update_auth(c, settings: Settings) -> None:
         a.allow_all = settings.get("auth.allow_all")
         a.admin_users = set(settings.get("auth.admin_users"))
     # Usernames become container and volume names: keep them lower-case.
-    c.Authenticator.username_pattern = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+    c.Authenticator.username_pattern = DOCKER_SAFE_USERNAME.pattern
 
 
 def update_spawner(c, settings: Settings) -> None:
@@ -89,6 +90,7 @@ def update_spawner(c, settings: Settings) -> None:
     s.allowed_images = {"course": image}  # a user_options image outside this list is refused
     s.pull_policy = "never"  # the lab builds its images; never fetch another by that name
     s.prefix = settings.instance
+    s.escape = docker_name
     s.name_template = "{prefix}-{username}{servername}"
     s.network_name = settings.network
     s.use_internal_ip = True

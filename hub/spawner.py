@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import re
 import time
 
 from dockerspawner import DockerSpawner
@@ -20,6 +21,21 @@ from tornado import web
 from traitlets import Int, Unicode
 
 LOG_TAIL_LINES = 15
+# The hub's username pattern (see hub.config); such names are already valid Docker names.
+DOCKER_SAFE_USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def docker_name(username: str) -> str:
+    """Name Docker objects after the user as is (``mlops-lab-home-s230001``).
+
+    DockerSpawner's default escaping turns every '-' into '-2d' so that arbitrary names cannot
+    collide; the hub only admits names that are valid Docker names already, so leaving them
+    unchanged is collision-free and keeps volume names readable for operators and backups.
+    Anything else still gets DockerSpawner's escaping.
+    """
+    if DOCKER_SAFE_USERNAME.fullmatch(username):
+        return username
+    return DockerSpawner._escape(username)
 
 
 class ContainerExited(web.HTTPError):

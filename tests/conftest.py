@@ -46,7 +46,7 @@ class Lab:
         return self.session.request(method, f"{self.url}/hub/api{path}", timeout=60, **kw)
 
     def new_user(self, prefix: str = "t") -> str:
-        name = f"{prefix}{uuid.uuid4().hex[:8]}"
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
         r = self.api("POST", f"/users/{name}")
         assert r.status_code == 201, r.text
         return name

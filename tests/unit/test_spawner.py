@@ -7,7 +7,7 @@ from traitlets.config import Config
 
 from hub.config import apply
 from hub.settings import load_settings
-from hub.spawner import ContainerExited, CourseSpawner
+from hub.spawner import ContainerExited, CourseSpawner, docker_name
 
 TOKEN = "b" * 64
 
@@ -154,3 +154,19 @@ def test_container_exit_message_shows_log_lines():
     assert "not writable" in e.jupyterhub_message
     assert "exit code 1" in str(e)
     assert "<pre>lab-start: the home &lt;dir&gt; is not writable</pre>" in e.jupyterhub_html_message
+
+
+def test_docker_names_keep_the_username(tmp_path):
+    """A user name with '-' or '.' names its volume and container unchanged, without escapes."""
+    c = config_for(tmp_path, LAB_INSTANCE="lab7")
+    user = FakeUser()
+    user.name = user.escaped_name = "ab-c.d"
+    s = CourseSpawner(config=c, user=user, _deprecated_db_session=None)
+    assert s.container_name == "lab7-ab-c.d"
+    assert list(s.volume_binds) == ["lab7-home-ab-c.d"]
+
+
+def test_names_outside_the_pattern_are_still_escaped():
+    """Defence in depth: a name the hub should have refused is escaped, never passed raw."""
+    assert docker_name("Evil/../name") != "Evil/../name"
+    assert "/" not in docker_name("Evil/../name")
