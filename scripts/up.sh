@@ -36,7 +36,7 @@ try:
 except SettingsError as e:
     print(e, file=sys.stderr)
     sys.exit(2)
-') || die "fix lab.yaml or .env as said above, then run make up again"
+' 2> >(sed 's#/srv/lab/lab.yaml#lab.yaml#g' >&2)) || die "fix lab.yaml or .env as said above, then run make up again"
 
 profiles=()
 [ "$provider" = demo ] && profiles=(--profile demo)
