@@ -35,8 +35,9 @@ setup() {
     say "creating the test environment (.venv)"
     rm -rf .venv
     python3 -m venv .venv
-    .venv/bin/pip install -q -r tests/requirements.txt
-    .venv/bin/pip install -q --no-deps -e .
+    # (grep drops pip's notes about index folders of this host's pip config that do not exist)
+    .venv/bin/pip install -q -r tests/requirements.txt 2> >(grep -v "^WARNING: Location 'file:" >&2)
+    .venv/bin/pip install -q --no-deps -e . 2> >(grep -v "^WARNING: Location 'file:" >&2)
     echo "$want" > "$stamp"
   fi
 }
