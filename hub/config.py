@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import sys
 
+from .profiles import profiles_from_settings
 from .settings import Settings
 from .spawner import DOCKER_SAFE_USERNAME, docker_name
 
 DEMO_CLIENT_ID = "mlops-lab"
 HOME = "/home/jovyan"
+GPU_STATE = "/srv/jupyterhub/gpu-allocations.sqlite"
 
 
 def apply(c, settings: Settings) -> None:
@@ -106,6 +108,9 @@ def update_spawner(c, settings: Settings) -> None:
     s.extra_create_kwargs = {
         "labels": {"mlops-lab.instance": settings.instance, "mlops-lab.role": "student-server"},
     }
+    s.lab_profiles = [p.as_dict() for p in profiles_from_settings(settings)]
+    s.gpu_devices = list(settings.get("gpus.devices"))
+    s.gpu_state_path = GPU_STATE
     s.extra_host_config = {
         # Keep an exited container until the spawner has read its logs; stop() removes it.
         "auto_remove": False,
@@ -121,6 +126,7 @@ def update_services(c, settings: Settings) -> None:
     services = []
     roles = []
     if settings.get("culler.enabled"):
+        culler_scopes = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
         cmd = [
             sys.executable, "-m", "jupyterhub_idle_culler",
             f"--timeout={settings.get('culler.timeout')}",
@@ -129,18 +135,41 @@ def update_services(c, settings: Settings) -> None:
         if settings.get("culler.max_age"):
             cmd.append(f"--max-age={settings.get('culler.max_age')}")
         services.append({"name": "idle-culler", "command": cmd})
-        roles.append({
-            "name": "idle-culler",
-            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-            "services": ["idle-culler"],
-        })
+        roles.append({"name": "idle-culler", "scopes": culler_scopes, "services": ["idle-culler"]})
+        # A profile with its own (shorter) idle timeout gets its own culler, which RBAC lets see
+        # only the users whose running server is of that profile (the spawner keeps them in the
+        # group "profile-<name>"). So an idle GPU goes back to the pool sooner.
+        for profile in profiles_from_settings(settings):
+            if profile.idle_timeout is None:
+                continue
+            name = f"idle-culler-{profile.name}"
+            services.append({"name": name, "command": [
+                sys.executable, "-m", "jupyterhub_idle_culler",
+                f"--timeout={profile.idle_timeout}",
+                f"--cull-every={min(settings.get('culler.every'), max(5, profile.idle_timeout // 2))}",
+            ]})
+            roles.append({
+                "name": name,
+                "scopes": [f"{scope}!group={profile.group}" for scope in culler_scopes],
+                "services": [name],
+            })
+    # GPU hours for staff (admins, and the lab-admin token).
+    services.append({
+        "name": "gpu-usage",
+        "url": "http://127.0.0.1:10101",
+        "command": [sys.executable, "-m", "hub.services.gpu_usage"],
+        "environment": {"LAB_GPU_STATE": GPU_STATE},
+        "oauth_no_confirm": True,
+        "display": bool(settings.get("gpus.devices")),
+    })
     token = settings.env["LAB_ADMIN_API_TOKEN"]
     if token:
         services.append({"name": "lab-admin", "api_token": token})
         roles.append({
             "name": "lab-admin",
             "description": "Automation (instructor tools, tests): manage users, servers and groups.",
-            "scopes": ["admin:users", "admin:servers", "admin:groups", "access:servers", "tokens", "read:hub"],
+            "scopes": ["admin:users", "admin:servers", "admin:groups", "access:servers", "tokens", "read:hub",
+                       "access:services"],
             "services": ["lab-admin"],
         })
     c.JupyterHub.services = services

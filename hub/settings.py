@@ -99,7 +99,40 @@ DEFAULTS: dict[str, Any] = {
         "every": 300,
         "max_age": 0,
     },
+    "profiles": {
+        "cpu": {
+            "display_name": "CPU",
+            "description": "For most modules.",
+            "gpu": "none",
+            "access": "all",
+            "default": True,
+        },
+        "gpu-shared": {
+            "display_name": "GPU (shared)",
+            "description": "A share of a GPU: time-sliced or a MIG slice.",
+            "gpu": "shared",
+            "access": "all",
+            "mem_limit": "16G",
+            "cpu_limit": 4.0,
+            "idle_timeout": 1800,
+        },
+        "gpu-whole": {
+            "display_name": "GPU (whole)",
+            "description": "A whole GPU, for instructors.",
+            "gpu": "whole",
+            "access": "admins",
+            "mem_limit": "32G",
+            "cpu_limit": 8.0,
+            "idle_timeout": 1800,
+        },
+    },
+    "gpus": {
+        "devices": [],
+    },
 }
+
+# Which device modes serve which kind of GPU profile.
+GPU_KINDS = {"none": (), "shared": ("shared", "mig"), "whole": ("exclusive",)}
 
 _size = {"type": "string", "pattern": SIZE_RE.pattern, "description": "a size like 512M or 4G"}
 _user_list = {
@@ -181,9 +214,55 @@ SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {
                 "enabled": {"type": "boolean"},
-                "timeout": {"type": "integer", "minimum": 60},
-                "every": {"type": "integer", "minimum": 10},
+                "timeout": {"type": "integer", "minimum": 10},
+                "every": {"type": "integer", "minimum": 5},
                 "max_age": {"type": "integer", "minimum": 0},
+            },
+        },
+        "profiles": {
+            "type": "object",
+            "propertyNames": {"pattern": r"^[a-z0-9][a-z0-9-]{0,30}$"},
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "display_name": {"type": "string", "minLength": 1},
+                    "description": {"type": "string"},
+                    "gpu": {"enum": ["none", "shared", "whole"]},
+                    "access": {
+                        "oneOf": [
+                            {"enum": ["all", "admins"]},
+                            {"type": "array", "items": {
+                                "type": "string", "pattern": r"^(group:)?[a-z0-9][a-z0-9._-]{0,63}$",
+                                "description": "a user name or group:NAME"}},
+                        ],
+                    },
+                    "default": {"type": "boolean"},
+                    "enabled": {"type": "boolean"},
+                    "mem_limit": _size,
+                    "cpu_limit": {"type": "number", "exclusiveMinimum": 0},
+                    "idle_timeout": {"type": "integer", "minimum": 10},
+                },
+            },
+        },
+        "gpus": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "devices": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["id", "mode"],
+                        "properties": {
+                            "id": {"type": "string", "pattern": r"^([0-9]+|GPU-[0-9a-fA-F-]+|MIG-[0-9a-zA-Z/-]+)$",
+                                   "description": "a GPU index, a GPU-... UUID or a MIG-... UUID"},
+                            "mode": {"enum": ["exclusive", "shared", "mig"]},
+                            "max_users": {"type": "integer", "minimum": 1, "maximum": 64},
+                        },
+                    },
+                },
             },
         },
     },
@@ -384,5 +463,23 @@ def _check_consistency(settings: Settings, lines: dict, name: str, problems: lis
         for admin in settings.get("auth.demo.admins"):
             if admin not in people:
                 problems.append(f"{where('auth', 'demo', 'admins')}: auth.demo.admins: {admin!r} is not in auth.demo.people")
+    profiles = settings.get("profiles")
+    enabled = {n: p for n, p in profiles.items() if p.get("enabled", True)}
+    if not enabled:
+        problems.append(f"{where('profiles')}: profiles: at least one profile must be enabled")
+    defaults = [n for n, p in enabled.items() if p.get("default")]
+    if len(defaults) > 1:
+        problems.append(f"{where('profiles')}: profiles: only one profile may be the default, not {', '.join(defaults)}")
+    for name, profile in enabled.items():
+        if "display_name" not in profile:
+            problems.append(f"{where('profiles', name)}: profiles.{name}.display_name: required")
+    ids = [d["id"] for d in settings.get("gpus.devices")]
+    for i, device in enumerate(settings.get("gpus.devices")):
+        if ids.count(device["id"]) > 1:
+            problems.append(f"{where('gpus', 'devices', str(i))}: gpus.devices.{i}.id: {device['id']!r} is listed twice")
+        if device["mode"] == "mig" and not device["id"].startswith("MIG-"):
+            problems.append(f"{where('gpus', 'devices', str(i))}: gpus.devices.{i}.id: a mig device must be a MIG-... UUID")
+        if "max_users" in device and device["mode"] != "shared":
+            problems.append(f"{where('gpus', 'devices', str(i))}: gpus.devices.{i}.max_users: only shared devices take more than one user")
     if settings.get("culler.max_age") and settings.get("culler.max_age") < settings.get("culler.every"):
         problems.append(f"{where('culler', 'max_age')}: culler.max_age: must be 0 (off) or at least culler.every")

@@ -12,13 +12,19 @@ spawn with a message that shows them to the student.
 from __future__ import annotations
 
 import asyncio
+import copy
 import html
 import re
 import time
 
+import docker.types
 from dockerspawner import DockerSpawner
+from jupyterhub import orm
 from tornado import web
-from traitlets import Int, Unicode
+from traitlets import Dict, Int, List, Unicode, default
+
+from .gpu import Allocator, Device, NoDeviceConfigured, NoDeviceFree
+from .profiles import Profile, render_form
 
 LOG_TAIL_LINES = 15
 # The hub's username pattern (see hub.config); such names are already valid Docker names.
@@ -77,6 +83,177 @@ class CourseSpawner(DockerSpawner):
         help="How many of a failed container's last log lines to show the student and log.",
     )
 
+    lab_profiles = List(
+        Dict(),
+        config=True,
+        help="The server profiles (hub.profiles.Profile fields), in the order the form shows them.",
+    )
+
+    gpu_devices = List(
+        Dict(),
+        config=True,
+        help="GPU devices to allocate: dicts with id, mode (exclusive | shared | mig) and max_users.",
+    )
+
+    gpu_state_path = Unicode(
+        "/srv/jupyterhub/gpu-allocations.sqlite",
+        config=True,
+        help="SQLite file of GPU allocations and usage (on the hub's state volume).",
+    )
+
+    _allocators: dict = {}
+
+    # -- profiles ----------------------------------------------------------------------------
+
+    def _profiles(self) -> list[Profile]:
+        return [Profile(**p) for p in self.lab_profiles]
+
+    def _user_context(self) -> tuple[str, set[str], bool]:
+        groups = {g.name for g in getattr(self.user, "groups", [])}
+        return self.user.name, groups, bool(getattr(self.user, "admin", False))
+
+    def allowed_profiles(self) -> list[Profile]:
+        name, groups, admin = self._user_context()
+        return [p for p in self._profiles() if p.allows(name, groups, admin)]
+
+    def default_profile(self, allowed: list[Profile]) -> Profile:
+        return next((p for p in allowed if p.default), allowed[0])
+
+    def availability(self, profile: Profile) -> str:
+        if profile.gpu == "none":
+            return ""
+        free, total = self.allocator().availability(profile.gpu_modes)
+        return f"{free} of {total} GPU slot{'s' if total != 1 else ''} free"
+
+    @default("options_form")
+    def _default_options_form(self):
+        def form(spawner):
+            allowed = spawner.allowed_profiles()
+            if len(allowed) <= 1:
+                return ""  # nothing to choose: start straight away
+            choices = [(p, spawner.availability(p)) for p in allowed]
+            return render_form(choices, spawner.default_profile(allowed).name)
+
+        return form
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        def options_from_form(formdata):
+            return {"profile": formdata.get("profile", [""])[0]}
+
+        return options_from_form
+
+    def selected_profile(self) -> Profile:
+        """The profile of this spawn (user_options['profile'] or the default); 400/403 if not allowed."""
+        wanted = self.user_options.get("profile")
+        allowed = self.allowed_profiles()
+        if not allowed:
+            raise web.HTTPError(403, "No server profile is open to you; ask the course staff.")
+        if not wanted:
+            return self.default_profile(allowed)
+        for p in allowed:
+            if p.name == wanted:
+                return p
+        if any(p.name == wanted for p in self._profiles()):
+            raise web.HTTPError(403, f"The profile {wanted!r} is not open to you.")
+        raise web.HTTPError(400, f"There is no profile {wanted!r} (choose one of: {', '.join(p.name for p in allowed)}).")
+
+    def _join_profile_group(self, profile: Profile) -> None:
+        """Keep the user in exactly the group of their running profile (profile culling is scoped by it)."""
+        db = getattr(self.user, "db", None)
+        orm_user = getattr(self.user, "orm_user", None)
+        if db is None or orm_user is None:
+            return
+        for group in list(orm_user.groups):
+            if group.name.startswith("profile-") and group.name != profile.group:
+                orm_user.groups.remove(group)
+        group = orm.Group.find(db, profile.group)
+        if group is None:
+            group = orm.Group(name=profile.group)
+            db.add(group)
+        if group not in orm_user.groups:
+            orm_user.groups.append(group)
+        db.commit()
+
+    # -- GPUs --------------------------------------------------------------------------------
+
+    def allocator(self) -> Allocator:
+        """The hub's allocator for this state file, reconciled with Docker when first made."""
+        key = self.gpu_state_path
+        if key not in CourseSpawner._allocators:
+            devices = [Device(d["id"], d["mode"], int(d.get("max_users", 1))) for d in self.gpu_devices]
+            allocator = Allocator(devices, key)
+            if devices:
+                changes = allocator.reconcile(self._running_gpu_containers())
+                if changes["released"] or changes["adopted"]:
+                    self.log.info("GPU allocations reconciled with running containers: %s", changes)
+            CourseSpawner._allocators[key] = allocator
+        return CourseSpawner._allocators[key]
+
+    def _running_gpu_containers(self) -> dict[str, tuple[str, str]]:
+        running = {}
+        containers = self.client.containers(filters={"label": [f"mlops-lab.instance={self.lab_instance}", "mlops-lab.gpu"]})
+        for c in containers:
+            labels = c.get("Labels") or {}
+            if labels.get("mlops-lab.user"):
+                running[labels["mlops-lab.user"]] = (labels["mlops-lab.gpu"], labels.get("mlops-lab.profile", ""))
+        return running
+
+    def _apply_gpu(self, device: Device) -> None:
+        host = dict(self.extra_host_config)
+        host["device_requests"] = [
+            docker.types.DeviceRequest(driver="nvidia", device_ids=[device.id], capabilities=[["gpu"]])
+        ]
+        self.extra_host_config = host
+        env = dict(self.environment)
+        env["NVIDIA_VISIBLE_DEVICES"] = device.id
+        env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility"
+        self.environment = env
+
+    def _label(self, **labels: str) -> None:
+        create = dict(self.extra_create_kwargs)
+        create["labels"] = {**create.get("labels", {}), **{f"mlops-lab.{k}": v for k, v in labels.items()}}
+        self.extra_create_kwargs = create
+
+    async def prepare_profile(self) -> Profile:
+        """Apply the selected profile's limits (and GPU) to this spawner; return the profile."""
+        profile = self.selected_profile()
+        # JupyterHub reuses a user's spawner across starts: begin from the configured values.
+        if not hasattr(self, "_base"):
+            self._base = copy.deepcopy((self.extra_host_config, self.extra_create_kwargs, self.environment))
+        self.extra_host_config, self.extra_create_kwargs, self.environment = copy.deepcopy(self._base)
+        self.mem_limit = profile.mem_limit
+        self.cpu_limit = profile.cpu_limit
+        self._label(user=self.user.name, profile=profile.name)
+        if profile.gpu != "none":
+            try:
+                device = self.allocator().acquire(self.user.name, profile.name, profile.gpu_modes)
+            except NoDeviceFree as e:
+                raise web.HTTPError(
+                    503,
+                    f"No GPU is free right now ({e.free} of {e.total} GPU slots free)."
+                    " Start the CPU profile instead, or try again later.",
+                ) from None
+            except NoDeviceConfigured as e:
+                raise web.HTTPError(503, f"This lab has no GPU for the {profile.display_name} profile ({e}).") from None
+            self._apply_gpu(device)
+            self._label(gpu=device.id)
+            self.log.info("GPU %s (%s) allocated to %s", device.id, device.mode, self.user.name)
+        self._join_profile_group(profile)
+        return profile
+
+    def release_gpu(self) -> None:
+        if not self.gpu_devices:
+            return
+        released = self.allocator().release(self.user.name)
+        if released:
+            self.log.info("GPU %s released by %s", released, self.user.name)
+
+    async def run_post_stop_hook(self):
+        # Called by JupyterHub after every stop, also when the container died on its own.
+        self.release_gpu()
+        return await super().run_post_stop_hook()
+
     async def container_log_tail(self) -> str:
         """Return the container's last log lines (stdout and stderr), or '' if it is gone."""
         try:
@@ -114,6 +291,23 @@ class CourseSpawner(DockerSpawner):
         self.log.warning("Server of %s did not open port %s within %ss", self.user.name, port, self.start_timeout)
 
     async def start(self):
-        ip, port = await super().start()
-        await self._wait_for_port_or_exit(ip, port)
+        profile = await self.prepare_profile()
+        try:
+            ip, port = await super().start()
+            await self._wait_for_port_or_exit(ip, port)
+        except Exception as e:
+            self.release_gpu()
+            if profile.gpu != "none" and "could not select device driver" in str(e):
+                await self._remove_failed_container()
+                raise web.HTTPError(
+                    500,
+                    "This host cannot start GPU servers: Docker has no NVIDIA runtime"
+                    " (install the NVIDIA Container Toolkit). Start the CPU profile instead.",
+                ) from None
+            raise
         return ip, port
+
+    async def _remove_failed_container(self) -> None:
+        if await self.get_object():
+            await self.remove_object()
+        self.object_id = ""

@@ -127,7 +127,7 @@ def test_admin_token_becomes_a_service_with_admin_scopes(tmp_path):
 def test_no_admin_token_no_admin_service(tmp_path):
     """Without a token there is no automation service at all."""
     c = config_for(tmp_path)
-    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "gpu-usage"]
 
 
 def test_culler_settings_reach_its_command(tmp_path):

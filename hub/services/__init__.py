@@ -1,0 +1,1 @@
+"""Hub-managed services of the lab (started and proxied by JupyterHub)."""
