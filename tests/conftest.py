@@ -23,6 +23,42 @@ IDP_PORT = int(os.environ.get("LAB_TEST_IDP_PORT", "19400"))
 TAG = os.environ.get("LAB_IMAGE_TAG") or (ROOT / "VERSION").read_text().strip()
 
 
+# The test lab: fake GPU devices (the host has none: GPU containers can be created, not started),
+# a short-timeout profile for the culling test, fast activity reports, a low pids limit.
+TEST_SETTINGS = """\
+auth:
+  demo:
+    people: [s230001, s230002, teacher]
+    admins: [teacher]
+spawner:
+  mem_limit: 2G
+  cpu_limit: 1.0
+  pids_limit: 256
+  start_timeout: 120
+  environment:
+    JUPYTERHUB_ACTIVITY_INTERVAL: "5"
+culler:
+  enabled: true
+  timeout: 3600
+profiles:
+  cpu:
+    display_name: CPU
+    mem_limit: 2G
+    cpu_limit: 1.0
+  cpu-short:
+    display_name: CPU (culled after 20 s idle)
+    description: For the culling test.
+    mem_limit: 1G
+    cpu_limit: 0.5
+    idle_timeout: 20
+gpus:
+  devices:
+    - {id: GPU-00000000-0000-0000-0000-0000000000a0, mode: shared, max_users: 2}
+    - {id: MIG-00000000-0000-0000-0000-0000000000b1, mode: mig}
+    - {id: "3", mode: exclusive}
+"""
+
+
 class Lab:
     """A running test lab: its URLs, admin token and helpers for the hub's REST API."""
 
@@ -51,8 +87,8 @@ class Lab:
         assert r.status_code == 201, r.text
         return name
 
-    def start(self, name: str, timeout: float = 240) -> dict:
-        r = self.api("POST", f"/users/{name}/server")
+    def start(self, name: str, timeout: float = 240, profile: str | None = None) -> dict:
+        r = self.api("POST", f"/users/{name}/server", json={"profile": profile} if profile else None)
         assert r.status_code in (201, 202), f"starting {name}: {r.status_code} {r.text}"
         return self.wait_ready(name, timeout)
 
@@ -110,11 +146,7 @@ def lab(tmp_path_factory) -> Lab:
     workdir = tmp_path_factory.mktemp("lab")
     token = secrets.token_hex(32)
     settings_file = workdir / "lab.yaml"
-    settings_file.write_text(
-        "auth:\n  demo:\n    people: [s230001, s230002, teacher]\n    admins: [teacher]\n"
-        "spawner:\n  mem_limit: 2G\n  cpu_limit: 1.0\n  start_timeout: 120\n"
-        "culler:\n  enabled: false\n"
-    )
+    settings_file.write_text(TEST_SETTINGS)
     env_file = workdir / "test.env"
     env_file.write_text("\n".join([
         f"LAB_INSTANCE={INSTANCE}",
