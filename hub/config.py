@@ -104,7 +104,15 @@ def update_spawner(c, settings: Settings) -> None:
     s.start_timeout = settings.get("spawner.start_timeout")
     s.http_timeout = settings.get("spawner.http_timeout")
     s.default_url = "/lab"
-    s.environment = dict(settings.get("spawner.environment"))
+    env = {}
+    if settings.get("network.isolate"):
+        # Direct connections are rejected by netguard; the egress proxy lets allowed hosts through.
+        proxy = "http://egress:3128"
+        no_proxy = "hub,localhost,127.0.0.1"
+        env.update({"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
+                    "NO_PROXY": no_proxy, "no_proxy": no_proxy})
+    env.update(settings.get("spawner.environment"))
+    s.environment = env
     s.extra_create_kwargs = {
         "labels": {"mlops-lab.instance": settings.instance, "mlops-lab.role": "student-server"},
     }

@@ -85,11 +85,12 @@ def render_form(choices: list[tuple[Profile, str]], selected: str) -> str:
         checked = " checked" if profile.name == selected else ""
         full = availability.startswith("0 of")
         note = f' <span class="lab-availability">{html.escape(availability)}</span>' if availability else ""
+        idle = f" Stops after {profile.idle_timeout // 60 or 1} min without activity." if profile.idle_timeout else ""
         rows.append(
             f'<div class="radio lab-profile">'
             f'<label for="{pid}"><input type="radio" name="profile" id="{pid}" value="{html.escape(profile.name)}"'
             f'{checked}{" disabled" if full else ""}> <strong>{html.escape(profile.display_name)}</strong>'
-            f' ({html.escape(profile.summary())}){note}<br><small>{html.escape(profile.description)}</small>'
+            f' ({html.escape(profile.summary())}){note}<br><small>{html.escape(profile.description + idle)}</small>'
             f"</label></div>"
         )
     return '<div class="lab-profiles"><p>Choose the kind of server to start:</p>' + "\n".join(rows) + "</div>"

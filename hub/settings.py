@@ -129,6 +129,10 @@ DEFAULTS: dict[str, Any] = {
     "gpus": {
         "devices": [],
     },
+    "network": {
+        "isolate": True,
+        "allowed_hosts": ["pypi.org", "files.pythonhosted.org", "download.pytorch.org"],
+    },
 }
 
 # Which device modes serve which kind of GPU profile.
@@ -242,6 +246,19 @@ SCHEMA: dict[str, Any] = {
                     "mem_limit": _size,
                     "cpu_limit": {"type": "number", "exclusiveMinimum": 0},
                     "idle_timeout": {"type": "integer", "minimum": 10},
+                },
+            },
+        },
+        "network": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "isolate": {"type": "boolean"},
+                "allowed_hosts": {
+                    "type": "array",
+                    "uniqueItems": True,
+                    "items": {"type": "string", "pattern": r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$",
+                              "description": "a host name like pypi.org or *.example.org"},
                 },
             },
         },

@@ -29,7 +29,16 @@ def test_demo_login_lands_in_own_jupyterlab(lab, browser):
     # The demo identity provider's own page: pick a demo person.
     page.wait_for_url(f"{lab.idp_url}/oauth2/authorize*")
     page.get_by_role("button", name="s230002").click()
-    # Back at the hub: the server spawns, then JupyterLab loads.
+    # Back at the hub: the spawn form offers the profiles open to a student, with GPU availability.
+    expect(page.get_by_text("Choose the kind of server to start")).to_be_visible()
+    expect(page.get_by_text("GPU (shared)")).to_be_visible()
+    expect(page.get_by_text("3 of 3 GPU slots free")).to_be_visible()
+    expect(page.get_by_text("GPU (whole)")).to_have_count(0)  # instructors only
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "spawn-form.png"))
+    page.get_by_label("CPU", exact=False).first.check()
+    page.get_by_role("button", name="Start").click()
+    # The server spawns, then JupyterLab loads.
     page.wait_for_url("**/user/s230002/lab**", timeout=240_000)
     launcher = page.locator(".jp-Launcher")
     expect(launcher).to_be_visible(timeout=120_000)
@@ -52,6 +61,7 @@ def test_failed_start_shows_the_reason(lab, browser):
     page.goto(f"{lab.url}/hub/login")
     page.get_by_text("Sign in with the demo identity provider").click()
     page.get_by_role("button", name="s230001").click()
+    page.get_by_role("button", name="Start").click()
     expect(page.get_by_text("is not writable by uid 1000")).to_be_visible(timeout=120_000)
     expect(page.get_by_text("InvalidStateError")).to_have_count(0)
     page.screenshot(path=str(ARTIFACTS / "failed-start.png"))
