@@ -1,11 +1,12 @@
 # The MLOps course lab. `make up` runs it, `make test` tests it, `make down` stops it.
-.PHONY: up down test test-unit build bench help
+.PHONY: up down test test-unit test-gpu build bench help
 
 help:
 	@echo "make up      build what is missing, start the lab, print its URL and how to log in"
 	@echo "make down    stop the lab and its student servers (every volume is kept)"
 	@echo "make test    the whole suite: unit, integration and browser tests"
 	@echo "make build   rebuild the images (hub, demo identity provider, course)"
+	@echo "make test-gpu  on a GPU host: spawn a GPU server through the hub and train on it"
 	@echo "make bench   bench/spawn.py against the running lab"
 
 up:
@@ -19,6 +20,9 @@ test:
 
 test-unit:
 	bash scripts/test.sh unit
+
+test-gpu:
+	bash scripts/test.sh gpu
 
 build:
 	bash scripts/bootstrap.sh all

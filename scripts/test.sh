@@ -3,6 +3,7 @@
 #   scripts/test.sh          set up, unit tests, build images, integration and browser tests
 #   scripts/test.sh unit     set up the test environment and run the unit tests only
 #   scripts/test.sh setup    only set up the test environment (.venv, Chromium)
+#   scripts/test.sh gpu      on a GPU host: the real-GPU checks of tests/gpu (skipped elsewhere)
 set -euo pipefail
 trap 'echo "[test] ERROR: unexpected failure at $0 line $LINENO (exit $?)" >&2' ERR
 cd "$(dirname "$0")/.."
@@ -52,6 +53,11 @@ say "unit tests"
 say "engine, base image and the lab's images"
 bash scripts/bootstrap.sh all
 bash scripts/build-images.sh
+
+if [ "$step" = gpu ]; then
+  say "real-GPU checks (tests/gpu)"
+  exec .venv/bin/python -m pytest tests/gpu -q -rs -p no:cacheprovider
+fi
 
 say "integration and browser tests (against a separate lab instance, mlops-lab-test)"
 mkdir -p tests/artifacts

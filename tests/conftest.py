@@ -137,7 +137,13 @@ def _remove_instance_objects() -> None:
 
 
 @pytest.fixture(scope="session")
-def lab(tmp_path_factory) -> Lab:
+def lab_settings() -> str:
+    """The test lab's lab.yaml (tests/gpu overrides it with the host's real GPUs)."""
+    return TEST_SETTINGS
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory, lab_settings) -> Lab:
     """Start the test lab from the built images; remove it and all its volumes afterwards."""
     subprocess.run(["docker", "info"], check=True, capture_output=True)
     for image in ("hub", "idp", "course"):
@@ -146,7 +152,7 @@ def lab(tmp_path_factory) -> Lab:
     workdir = tmp_path_factory.mktemp("lab")
     token = secrets.token_hex(32)
     settings_file = workdir / "lab.yaml"
-    settings_file.write_text(TEST_SETTINGS)
+    settings_file.write_text(lab_settings)
     env_file = workdir / "test.env"
     env_file.write_text("\n".join([
         f"LAB_INSTANCE={INSTANCE}",
