@@ -17,6 +17,7 @@ import html
 import re
 import time
 
+import docker
 import docker.types
 from dockerspawner import DockerSpawner
 from jupyterhub import orm
@@ -42,6 +43,27 @@ def docker_name(username: str) -> str:
     if DOCKER_SAFE_USERNAME.fullmatch(username):
         return username
     return DockerSpawner._escape(username)
+
+
+def running_gpu_containers(client, instance: str) -> dict[str, tuple[str, str]]:
+    """user -> (device id, profile) for every running GPU container of this lab (docker APIClient)."""
+    running = {}
+    for c in client.containers(filters={"label": [f"mlops-lab.instance={instance}", "mlops-lab.gpu"]}):
+        labels = c.get("Labels") or {}
+        if labels.get("mlops-lab.user"):
+            running[labels["mlops-lab.user"]] = (labels["mlops-lab.gpu"], labels.get("mlops-lab.profile", ""))
+    return running
+
+
+def reconcile_gpu_allocations(settings, state_path: str, log=print) -> dict | None:
+    """At hub start, before any spawn: match stored GPU allocations with the containers that run."""
+    devices = [Device(d["id"], d["mode"], int(d.get("max_users", 1))) for d in settings.get("gpus.devices")]
+    if not devices:
+        return None
+    client = docker.APIClient(version="auto")
+    changes = Allocator(devices, state_path).reconcile(running_gpu_containers(client, settings.instance))
+    log(f"[mlops-lab] GPU allocations reconciled with running containers: {changes}")
+    return changes
 
 
 class ContainerExited(web.HTTPError):
@@ -178,26 +200,12 @@ class CourseSpawner(DockerSpawner):
     # -- GPUs --------------------------------------------------------------------------------
 
     def allocator(self) -> Allocator:
-        """The hub's allocator for this state file, reconciled with Docker when first made."""
+        """The hub's allocator for this state file (reconciled at hub start, before any spawn)."""
         key = self.gpu_state_path
         if key not in CourseSpawner._allocators:
             devices = [Device(d["id"], d["mode"], int(d.get("max_users", 1))) for d in self.gpu_devices]
-            allocator = Allocator(devices, key)
-            if devices:
-                changes = allocator.reconcile(self._running_gpu_containers())
-                if changes["released"] or changes["adopted"]:
-                    self.log.info("GPU allocations reconciled with running containers: %s", changes)
-            CourseSpawner._allocators[key] = allocator
+            CourseSpawner._allocators[key] = Allocator(devices, key)
         return CourseSpawner._allocators[key]
-
-    def _running_gpu_containers(self) -> dict[str, tuple[str, str]]:
-        running = {}
-        containers = self.client.containers(filters={"label": [f"mlops-lab.instance={self.lab_instance}", "mlops-lab.gpu"]})
-        for c in containers:
-            labels = c.get("Labels") or {}
-            if labels.get("mlops-lab.user"):
-                running[labels["mlops-lab.user"]] = (labels["mlops-lab.gpu"], labels.get("mlops-lab.profile", ""))
-        return running
 
     def _apply_gpu(self, device: Device) -> None:
         host = dict(self.extra_host_config)

@@ -172,3 +172,42 @@ def test_idle_server_is_culled_and_active_one_stays(lab):
     groups = lab.api("GET", f"/users/{busy}").json()["groups"]
     assert groups == ["profile-cpu-short"]
     lab.stop(busy)
+
+
+def test_gpu_allocations_are_reconciled_after_a_hub_restart(lab):
+    """After a restart the hub adopts running GPU containers and frees allocations whose container is gone."""
+    ghost = f"{lab.instance}-ghost-gpu"
+    docker("run", "-d", "--rm", "--name", ghost, "--network", lab.instance,
+           "--label", f"mlops-lab.instance={lab.instance}", "--label", "mlops-lab.user=ghost",
+           "--label", "mlops-lab.gpu=MIG-00000000-0000-0000-0000-0000000000b1",
+           "--label", "mlops-lab.profile=gpu-shared", "--entrypoint", "sleep", lab.course_image, "600")
+    try:
+        lab.compose("restart", "hub")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{lab.url}/hub/health", timeout=2).ok:
+                    r = lab.session.get(f"{lab.url}/services/gpu-usage/?format=json", timeout=10)
+                    if r.status_code == 200:
+                        break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        periods = usage(lab)["periods"]
+        assert [p["device"] for p in periods if p["user"] == "ghost" and p["end"] is None] == [
+            "MIG-00000000-0000-0000-0000-0000000000b1"]
+        assert "reconciled" in lab.compose("logs", "hub").stdout
+    finally:
+        docker("rm", "-f", ghost, check=False)
+    # Its container gone, the next restart frees the slot.
+    lab.compose("restart", "hub")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            r = lab.session.get(f"{lab.url}/services/gpu-usage/?format=json", timeout=10)
+            if r.status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    assert all(p["end"] is not None for p in usage(lab)["periods"] if p["user"] == "ghost")
