@@ -34,6 +34,11 @@ class Device:
     mode: str
     max_users: int = 1
 
+    @classmethod
+    def from_setting(cls, entry: dict) -> "Device":
+        """A device from one ``gpus.devices`` entry of lab.yaml."""
+        return cls(str(entry["id"]), entry["mode"], int(entry.get("max_users", 1)))
+
     @property
     def capacity(self) -> int:
         return self.max_users if self.mode == "shared" else 1

@@ -57,7 +57,7 @@ def running_gpu_containers(client, instance: str) -> dict[str, tuple[str, str]]:
 
 def reconcile_gpu_allocations(settings, state_path: str, log=print) -> dict | None:
     """At hub start, before any spawn: match stored GPU allocations with the containers that run."""
-    devices = [Device(d["id"], d["mode"], int(d.get("max_users", 1))) for d in settings.get("gpus.devices")]
+    devices = [Device.from_setting(d) for d in settings.get("gpus.devices")]
     if not devices:
         return None
     client = docker.APIClient(version="auto")
@@ -203,7 +203,7 @@ class CourseSpawner(DockerSpawner):
         """The hub's allocator for this state file (reconciled at hub start, before any spawn)."""
         key = self.gpu_state_path
         if key not in CourseSpawner._allocators:
-            devices = [Device(d["id"], d["mode"], int(d.get("max_users", 1))) for d in self.gpu_devices]
+            devices = [Device.from_setting(d) for d in self.gpu_devices]
             CourseSpawner._allocators[key] = Allocator(devices, key)
         return CourseSpawner._allocators[key]
 

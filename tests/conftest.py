@@ -114,6 +114,20 @@ class Lab:
             time.sleep(1)
         raise AssertionError(f"{name}'s server did not stop")
 
+    def restart_hub(self, timeout: float = 120) -> None:
+        """Restart the hub's container; return once the hub and its services answer again."""
+        self.compose("restart", "hub")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/hub/health", timeout=2).ok and \
+                        self.session.get(f"{self.url}/services/gpu-usage/?format=json", timeout=5).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        raise AssertionError("the hub did not come back after a restart:\n" + self.compose("logs", "--tail", "40", "hub").stdout)
+
     def server_api(self, name: str, method: str, path: str, **kw) -> requests.Response:
         """Call a user's JupyterLab REST API through the proxy, with the admin token."""
         return self.session.request(method, f"{self.url}/user/{name}/api{path}", timeout=60, **kw)

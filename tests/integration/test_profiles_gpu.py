@@ -182,17 +182,7 @@ def test_gpu_allocations_are_reconciled_after_a_hub_restart(lab):
            "--label", "mlops-lab.gpu=MIG-00000000-0000-0000-0000-0000000000b1",
            "--label", "mlops-lab.profile=gpu-shared", "--entrypoint", "sleep", lab.course_image, "600")
     try:
-        lab.compose("restart", "hub")
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{lab.url}/hub/health", timeout=2).ok:
-                    r = lab.session.get(f"{lab.url}/services/gpu-usage/?format=json", timeout=10)
-                    if r.status_code == 200:
-                        break
-            except requests.RequestException:
-                pass
-            time.sleep(1)
+        lab.restart_hub()
         periods = usage(lab)["periods"]
         assert [p["device"] for p in periods if p["user"] == "ghost" and p["end"] is None] == [
             "MIG-00000000-0000-0000-0000-0000000000b1"]
@@ -200,14 +190,5 @@ def test_gpu_allocations_are_reconciled_after_a_hub_restart(lab):
     finally:
         docker("rm", "-f", ghost, check=False)
     # Its container gone, the next restart frees the slot.
-    lab.compose("restart", "hub")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            r = lab.session.get(f"{lab.url}/services/gpu-usage/?format=json", timeout=10)
-            if r.status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(1)
+    lab.restart_hub()
     assert all(p["end"] is not None for p in usage(lab)["periods"] if p["user"] == "ghost")

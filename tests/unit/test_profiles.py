@@ -37,7 +37,7 @@ def make_spawner(tmp_path, text="", user=None, **env):
     c.CourseSpawner.gpu_state_path = str(tmp_path / "gpu.sqlite")
     spawner = CourseSpawner(config=c, user=user or User(), _deprecated_db_session=None)
     if spawner.gpu_devices:
-        devices = [Device(d["id"], d["mode"], d.get("max_users", 1)) for d in spawner.gpu_devices]
+        devices = [Device.from_setting(d) for d in spawner.gpu_devices]
         CourseSpawner._allocators[spawner.gpu_state_path] = Allocator(devices, spawner.gpu_state_path)
     return spawner
 
