@@ -155,7 +155,8 @@ SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {
                 "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
-                "db_url": {"type": "string", "pattern": r"^(sqlite|postgresql(\+[a-z0-9]+)?)://"},
+                "db_url": {"type": "string", "pattern": r"^sqlite:///",
+                           "description": "an SQLite URL (sqlite:////path); the hub image has no other database driver"},
                 "concurrent_spawn_limit": {"type": "integer", "minimum": 0},
                 "active_server_limit": {"type": "integer", "minimum": 0},
             },

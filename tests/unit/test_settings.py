@@ -147,3 +147,9 @@ def test_home_volume_template_needs_username(tmp_path):
     """Without {username} every student would share one home."""
     [problem] = problems(tmp_path, "spawner:\n  home_volume: shared-home\n")
     assert "spawner.home_volume: 'shared-home' is not a volume name template containing {username}" in problem
+
+
+def test_database_url_must_be_one_the_hub_can_open(tmp_path):
+    """A database the hub image has no driver for is refused at start, not at first login."""
+    [problem] = problems(tmp_path, "hub:\n  db_url: mysql://lab@db/lab\n")
+    assert ":2: hub.db_url: 'mysql://lab@db/lab' is not an SQLite URL" in problem
