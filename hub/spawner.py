@@ -257,10 +257,10 @@ class CourseSpawner(DockerSpawner):
         if released:
             self.log.info("GPU %s released by %s", released, self.user.name)
 
-    async def run_post_stop_hook(self):
+    def run_post_stop_hook(self):
         # Called by JupyterHub after every stop, also when the container died on its own.
         self.release_gpu()
-        return await super().run_post_stop_hook()
+        return super().run_post_stop_hook()
 
     async def container_log_tail(self) -> str:
         """Return the container's last log lines (stdout and stderr), or '' if it is gone."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import signal
 import time
 from urllib.parse import urlparse
 
@@ -72,7 +73,10 @@ def main() -> None:
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
     app = make_app(prefix, os.environ.get("LAB_GPU_STATE", "/srv/jupyterhub/gpu-allocations.sqlite"))
     app.listen(url.port, url.hostname)
-    ioloop.IOLoop.current().start()
+    loop = ioloop.IOLoop.current()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the hub stops its services with these
+        signal.signal(sig, lambda *_: loop.add_callback_from_signal(loop.stop))
+    loop.start()
 
 
 if __name__ == "__main__":

@@ -107,6 +107,9 @@ def test_file_survives_stop_and_start(lab):
     nb = lab.server_api(name, "GET", "/contents/00-welcome/welcome.ipynb").json()
     assert nb["content"]["cells"][0]["source"] == "# my own title"
     lab.stop(name)
+    # Stopping is clean: no error from the spawner's hooks in the hub's log.
+    hub_log = lab.compose("logs", "hub").stdout
+    assert "Error in Spawner" not in hub_log and "post_stop_hook failed" not in hub_log
 
 
 def test_requests_without_a_valid_token_are_refused(lab, two_students):

@@ -192,3 +192,5 @@ def test_gpu_allocations_are_reconciled_after_a_hub_restart(lab):
     # Its container gone, the next restart frees the slot.
     lab.restart_hub()
     assert all(p["end"] is not None for p in usage(lab)["periods"] if p["user"] == "ghost")
+    # The hub's services stopped cleanly on each restart.
+    assert "hub/services/gpu_usage.py" not in lab.compose("logs", "hub").stdout
