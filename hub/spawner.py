@@ -165,6 +165,15 @@ class CourseSpawner(DockerSpawner):
 
         return options_from_form
 
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # JupyterHub's hook for user_options, run before start: refuse an unknown or forbidden
+        # profile early. The profile itself (limits, GPU) is applied in start().
+        def check_profile(spawner, user_options):
+            spawner.selected_profile()
+
+        return check_profile
+
     def selected_profile(self) -> Profile:
         """The profile of this spawn (user_options['profile'] or the default); 400/403 if not allowed."""
         wanted = self.user_options.get("profile")
