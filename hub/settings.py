@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -302,7 +302,6 @@ class Settings:
     values: dict[str, Any]
     env: dict[str, str | None]
     source: str = "<defaults>"
-    warnings: list[str] = field(default_factory=list)
 
     def get(self, dotted: str) -> Any:
         """Return the value at a dotted path, e.g. ``get("spawner.mem_limit")``."""
