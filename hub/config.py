@@ -130,7 +130,7 @@ def update_spawner(c, settings: Settings) -> None:
 
 
 def update_services(c, settings: Settings) -> None:
-    """The idle culler and the lab-admin automation token."""
+    """Idle cullers (one for all, one per profile with its own timeout), the GPU-hours page, the lab-admin token."""
     services = []
     roles = []
     if settings.get("culler.enabled"):
