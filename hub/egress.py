@@ -9,9 +9,8 @@ pointing here; the netguard firewall rejects their direct connections.
 from __future__ import annotations
 
 import os
-import sys
 
-from .settings import SettingsError, load_settings
+from .settings import load_settings_or_exit
 
 PORT = 3128
 
@@ -37,11 +36,7 @@ def render(allowed_hosts: list[str]) -> tuple[str, str]:
 
 
 def main() -> None:
-    try:
-        settings = load_settings()
-    except SettingsError as error:
-        print(f"[egress] {error}", file=sys.stderr)
-        sys.exit(2)
+    settings = load_settings_or_exit("egress")
     hosts = settings.get("network.allowed_hosts")
     conf, filt = render(hosts)
     os.makedirs("/tmp/egress", exist_ok=True)

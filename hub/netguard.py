@@ -28,7 +28,7 @@ import time
 
 import docker
 
-from .settings import SettingsError, load_settings
+from .settings import load_settings_or_exit
 
 HUB_PORTS = (8000, 8081)
 EGRESS_PORT = 3128
@@ -139,11 +139,7 @@ def check_bridge_netfilter() -> None:
 
 
 def main() -> None:
-    try:
-        settings = load_settings()
-    except SettingsError as error:
-        print(f"[netguard] {error}", file=sys.stderr)
-        sys.exit(2)
+    settings = load_settings_or_exit("netguard")
     guard = Guard(settings.instance, settings.network, settings.get("network.isolate"))
     stopping = False
 

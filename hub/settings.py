@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -500,3 +501,13 @@ def _check_consistency(settings: Settings, lines: dict, name: str, problems: lis
             problems.append(f"{where('gpus', 'devices', str(i))}: gpus.devices.{i}.max_users: only shared devices take more than one user")
     if settings.get("culler.max_age") and settings.get("culler.max_age") < settings.get("culler.every"):
         problems.append(f"{where('culler', 'max_age')}: culler.max_age: must be 0 (off) or at least culler.every")
+
+
+def load_settings_or_exit(who: str, environ: dict[str, str] | None = None) -> Settings:
+    """For the lab's processes (hub, egress, netguard, demo IdP): the settings, or every problem
+    printed under ``[who]`` and exit status 2, so a bad lab.yaml stops them with a readable message."""
+    try:
+        return load_settings(environ=environ)
+    except SettingsError as error:
+        print(f"[{who}] {error}", file=sys.stderr)
+        sys.exit(2)

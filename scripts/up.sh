@@ -29,13 +29,8 @@ bash scripts/build-images.sh
 provider=$(docker run --rm --network none \
   -v "$PWD/lab.yaml:/srv/lab/lab.yaml:ro" --env-file .env \
   "mlops-lab/hub:$tag" python3 -c '
-import sys
-from hub.settings import SettingsError, load_settings
-try:
-    print(load_settings().auth_provider)
-except SettingsError as e:
-    print(e, file=sys.stderr)
-    sys.exit(2)
+from hub.settings import load_settings_or_exit
+print(load_settings_or_exit("settings").auth_provider)
 ' 2> >(sed 's#/srv/lab/lab.yaml#lab.yaml#g' >&2)) || die "fix lab.yaml or .env as said above, then run make up again"
 
 profiles=()

@@ -4,16 +4,11 @@ It reads the same lab.yaml as the hub (through hub.settings, so defaults and val
 then runs oidc-provider-mock with one --user per demo person.
 """
 import os
-import sys
 
-from hub.settings import SettingsError, load_settings
+from hub.settings import load_settings_or_exit
 from oidc_provider_mock.__main__ import run
 
-try:
-    settings = load_settings(environ={k: v for k, v in os.environ.items() if k in ("LAB_SETTINGS_FILE",)})
-except SettingsError as error:
-    print(f"[demo-idp] {error}", file=sys.stderr)
-    sys.exit(2)
+settings = load_settings_or_exit("demo-idp", {k: v for k, v in os.environ.items() if k == "LAB_SETTINGS_FILE"})
 
 args = ["--host", "0.0.0.0", "--port", "9400"]
 for person in settings.get("auth.demo.people"):
