@@ -1,9 +1,10 @@
 # The MLOps course lab. `make up` runs it, `make test` tests it, `make down` stops it.
-.PHONY: up down test test-unit test-gpu build bench help
+.PHONY: up down roster test test-unit test-gpu build bench help
 
 help:
 	@echo "make up      build what is missing, start the lab, print its URL and how to log in"
 	@echo "make down    stop the lab and its student servers (every volume is kept)"
+	@echo "make roster FILE=roster.csv [DRY_RUN=1]  import the course roster (no restart); prints what changed"
 	@echo "make test    the whole suite: unit, integration and browser tests"
 	@echo "make build   rebuild the images (hub, demo identity provider, course)"
 	@echo "make test-gpu  on a GPU host: spawn a GPU server through the hub and train on it"
@@ -14,6 +15,9 @@ up:
 
 down:
 	bash scripts/down.sh
+
+roster:
+	bash scripts/roster.sh "$(FILE)"
 
 test:
 	bash scripts/test.sh

@@ -7,6 +7,7 @@ configurer). ``jupyterhub_config.py`` calls ``apply`` and nothing else.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .profiles import profiles_from_settings
 from .settings import Settings
@@ -37,49 +38,122 @@ def update_hub(c, settings: Settings) -> None:
     c.JupyterHub.concurrent_spawn_limit = settings.get("hub.concurrent_spawn_limit")
     c.JupyterHub.active_server_limit = settings.get("hub.active_server_limit")
     c.JupyterHub.cleanup_servers = False  # a hub restart leaves students' servers running
-    c.JupyterHub.template_vars = {"lab_auth_provider": settings.auth_provider}
-    if settings.auth_provider == "demo":
-        c.JupyterHub.template_vars["announcement_login"] = (
-            "Demo sign-in: this lab uses the bundled <b>demo identity provider</b>, where anyone can"
-            " sign in as one of the demo people. Configure a real identity provider before students use it."
-        )
+    if settings.demo:
+        c.JupyterHub.template_vars = {"announcement_login": (
+            "Demo sign-in: this lab uses the bundled <b>demo DTU and GitHub logins</b> and a demo roster,"
+            " where anyone can sign in as one of the demo people. Set <code>auth.demo: false</code> and"
+            " register the lab with DTU and GitHub before students use it."
+        )}
+
+
+ROSTER_FILE = "/srv/jupyterhub/roster.json"
+DEMO_ROSTER = str(Path(__file__).with_name("demo-roster.csv"))
+COURSE_GROUPS = {"student": "students", "ta": "tas", "instructor": "instructors"}
+
+
+def auth_providers(settings: Settings) -> list[dict]:
+    """The login buttons: MultiAuthenticator's list of sub-authenticators with their settings.
+
+    In demo mode DTU and GitHub are the bundled test peers (same protocols, other URLs)."""
+    public = settings.env["LAB_PUBLIC_URL"].rstrip("/")
+    admins = set(settings.get("auth.admin_users"))
+    providers = []
+    if settings.get("auth.dtu.enabled"):
+        protocol = settings.get("auth.dtu.protocol")
+        if protocol == "oidc":
+            o = settings.get("auth.dtu.oidc")
+            tenant = f"https://login.microsoftonline.com/{o['tenant_id']}/oauth2/v2.0"
+            config = {
+                "client_id": o["client_id"],
+                "client_secret": settings.env["LAB_DTU_CLIENT_SECRET"] or "",
+                "authorize_url": o["authorize_url"] or f"{tenant}/authorize",
+                "token_url": o["token_url"] or f"{tenant}/token",
+                "username_claim": o["username_claim"],
+                "scope": list(o["scope"]),
+            }
+            if settings.demo:
+                browser = settings.env["LAB_IDP_PUBLIC_URL"].rstrip("/")
+                config.update(client_id=DEMO_CLIENT_ID, client_secret="demo-identity-provider",
+                              authorize_url=f"{browser}/oauth2/authorize",
+                              token_url=f"http://{settings.env['LAB_IDP_HOST']}:9400/oauth2/token")
+            config.update(userdata_from_id_token=True, oauth_callback_url=f"{public}/hub/dtu/oauth_callback",
+                          enable_auth_state=False, admin_users=admins)
+            providers.append({"authenticator_class": "hub.auth.DTUOIDCAuthenticator", "url_prefix": "/dtu",
+                              "config": config})
+        else:
+            cas = settings.get("auth.dtu.cas")
+            config = {"cas_server_url": cas["server_url"], "cas_validate_url": cas["validate_url"]}
+            if settings.demo:
+                config = {"cas_server_url": settings.env["LAB_IDP_CAS_PUBLIC_URL"].rstrip("/") + "/cas/",
+                          "cas_validate_url": f"http://{settings.env['LAB_IDP_HOST']}:9402/cas/"}
+            config.update(cas_service_url=f"{public}/hub/dtu/login", admin_users=admins)
+            providers.append({"authenticator_class": "hub.auth.DTUCASAuthenticator", "url_prefix": "/dtu",
+                              "config": config})
+    if settings.get("auth.github.enabled"):
+        g = settings.get("auth.github")
+        url = g["url"].rstrip("/")
+        config = {
+            "client_id": g["client_id"],
+            "client_secret": settings.env["LAB_GITHUB_CLIENT_SECRET"] or "",
+            "github_url": url,
+        }
+        if g["api_url"]:
+            config["github_api"] = g["api_url"].rstrip("/")
+        if g["token_url"]:
+            config["token_url"] = g["token_url"]
+        if settings.demo:
+            internal = f"http://{settings.env['LAB_IDP_HOST']}:9401"
+            config = {"client_id": "mlops-lab-demo", "client_secret": "demo-github",
+                      "github_url": settings.env["LAB_IDP_GITHUB_PUBLIC_URL"].rstrip("/"),
+                      "github_api": f"{internal}/api/v3", "token_url": f"{internal}/login/oauth/access_token"}
+        config.update(oauth_callback_url=f"{public}/hub/github/oauth_callback", enable_auth_state=False,
+                      admin_users=admins, scope=[])
+        providers.append({"authenticator_class": "hub.auth.CourseGitHubAuthenticator", "url_prefix": "/github",
+                          "config": config})
+    return providers
 
 
 def update_auth(c, settings: Settings) -> None:
-    """Login through OAuthenticator's generic OpenID Connect client."""
-    c.JupyterHub.authenticator_class = "generic-oauth"
-    a = c.GenericOAuthenticator
-    public_url = settings.env["LAB_PUBLIC_URL"].rstrip("/")
-    a.oauth_callback_url = f"{public_url}/hub/oauth_callback"
+    """DTU and GitHub logins (hub.auth), the roster deciding who gets in, and the course's roles."""
+    c.JupyterHub.authenticator_class = "hub.auth.CourseAuthenticator"
+    a = c.CourseAuthenticator
+    a.authenticators = auth_providers(settings)
+    a.username_prefix = ""  # both providers map to the same DTU id
+    a.roster_file = ROSTER_FILE
+    a.contact = settings.get("auth.contact")
+    a.id_pattern = settings.get("auth.id_pattern")
+    a.id_domains = list(settings.get("auth.id_domains"))
+    a.admin_users = set(settings.get("auth.admin_users"))
+    a.allow_all = False
     a.enable_auth_state = False
-    if settings.auth_provider == "demo":
-        browser = settings.env["LAB_IDP_PUBLIC_URL"].rstrip("/")
-        internal = settings.env["LAB_IDP_INTERNAL_URL"].rstrip("/")
-        a.client_id = DEMO_CLIENT_ID
-        a.client_secret = "demo-identity-provider"
-        a.authorize_url = f"{browser}/oauth2/authorize"
-        a.token_url = f"{internal}/oauth2/token"
-        a.userdata_url = f"{internal}/userinfo"
-        a.username_claim = "sub"
-        a.scope = ["openid", "profile", "email"]
-        a.login_service = "the demo identity provider"
-        a.allowed_users = set(settings.get("auth.demo.people"))
-        a.admin_users = set(settings.get("auth.demo.admins")) | set(settings.get("auth.admin_users"))
-    else:
-        o = settings.get("auth.oidc")
-        a.client_id = o["client_id"]
-        a.client_secret = settings.env["LAB_OIDC_CLIENT_SECRET"]
-        a.authorize_url = o["authorize_url"]
-        a.token_url = o["token_url"]
-        a.userdata_url = o["userdata_url"]
-        a.username_claim = o["username_claim"]
-        a.scope = o["scope"]
-        a.login_service = o["login_service"]
-        a.allowed_users = set(settings.get("auth.allowed_users"))
-        a.allow_all = settings.get("auth.allow_all")
-        a.admin_users = set(settings.get("auth.admin_users"))
+    # refresh_user re-checks the roster on each request (at most once a second per user).
+    a.auth_refresh_age = 1
     # Usernames become container and volume names: keep them lower-case.
     c.Authenticator.username_pattern = DOCKER_SAFE_USERNAME.pattern
+    # The roster's roles are these groups (kept by the roster service) and these RBAC roles.
+    c.JupyterHub.load_groups = {group: {} for group in COURSE_GROUPS.values()}
+
+
+def course_roles() -> list[dict]:
+    """RBAC for the roster's roles. Students keep JupyterHub's default: their own server only."""
+    course = ("students", "tas", "instructors")
+    return [
+        {
+            "name": "course-instructor",
+            "description": "Instructors: administer the course's users and servers, reload the roster.",
+            "scopes": ["admin-ui", "list:users", "read:users", "read:groups", "list:groups", "read:roles:users",
+                       "access:services!service=roster", "access:services!service=gpu-usage"]
+            + [f"{scope}!group={g}" for g in course for scope in ("admin:users", "admin:servers", "access:servers")],
+            "groups": ["instructors"],
+        },
+        {
+            "name": "course-ta",
+            "description": "Teaching assistants: open students' servers to help.",
+            "scopes": ["admin-ui", "list:users!group=students", "read:users!group=students",
+                       "read:servers!group=students", "access:servers!group=students"],
+            "groups": ["tas"],
+        },
+    ]
 
 
 def update_spawner(c, settings: Settings) -> None:
@@ -170,6 +244,28 @@ def update_services(c, settings: Settings) -> None:
         "oauth_no_confirm": True,
         "display": bool(settings.get("gpus.devices")),
     })
+    # The roster: import (API and `make roster`), and keeping hub users and groups in step with it.
+    services.append({
+        "name": "roster",
+        "url": "http://127.0.0.1:10102",
+        "command": [sys.executable, "-m", "hub.services.roster"],
+        "environment": {
+            "ROSTER_FILE": ROSTER_FILE,
+            "ROSTER_ID_PATTERN": settings.get("auth.id_pattern"),
+            "ROSTER_ID_DOMAINS": ",".join(settings.get("auth.id_domains")),
+            "ROSTER_DEMO_FILE": DEMO_ROSTER if settings.demo else "",
+            "ROSTER_OPERATORS": ",".join(settings.get("auth.admin_users")),
+        },
+        "oauth_no_confirm": True,
+        "display": False,
+    })
+    roles.append({
+        "name": "roster",
+        "description": "The roster service: course users, their groups, and stopping removed students' servers.",
+        "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "list:users", "read:users"],
+        "services": ["roster"],
+    })
+    roles.extend(course_roles())
     token = settings.env["LAB_ADMIN_API_TOKEN"]
     if token:
         services.append({"name": "lab-admin", "api_token": token})

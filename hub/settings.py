@@ -41,20 +41,26 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "LAB_HUB_CONNECT_URL": ("http://hub:8081", "URL at which student servers reach the hub's API."),
     "LAB_IDP_PUBLIC_URL": (
         "http://localhost:9400",
-        "Demo identity provider as browsers reach it (only with the demo provider).",
+        "Demo DTU login (OpenID Connect) as browsers reach it (demo mode only).",
     ),
-    "LAB_IDP_INTERNAL_URL": (
-        "http://idp:9400",
-        "Demo identity provider as the hub reaches it (only with the demo provider).",
+    "LAB_IDP_GITHUB_PUBLIC_URL": (
+        "http://localhost:9401",
+        "Demo GitHub as browsers reach it (demo mode only).",
     ),
+    "LAB_IDP_CAS_PUBLIC_URL": (
+        "http://localhost:9402",
+        "Demo DTU login (CAS) as browsers reach it (demo mode only).",
+    ),
+    "LAB_IDP_HOST": ("idp", "Host name at which the hub reaches the demo providers (demo mode only)."),
     "LAB_ADMIN_API_TOKEN": (None, "Secret: API token of the lab-admin service, for automation."),
-    "LAB_OIDC_CLIENT_SECRET": (None, "Secret: client secret registered with a real OIDC provider."),
+    "LAB_DTU_CLIENT_SECRET": (None, "Secret: client secret of the hub's app registration in DTU's Entra ID."),
+    "LAB_GITHUB_CLIENT_SECRET": (None, "Secret: client secret of the hub's GitHub OAuth app."),
     "LAB_SETTINGS_FILE": (DEFAULT_SETTINGS_FILE, "Path of the operator settings file inside the hub."),
 }
 
 # Host-side variables that compose and the scripts read; the hub may see them and ignores them.
 HOST_ONLY_VARS = {
-    "LAB_HTTP_PORT", "LAB_IDP_PORT", "LAB_IMAGE_TAG", "LAB_TORCH_VARIANT", "LAB_WHEELHOUSE",
+    "LAB_HTTP_PORT", "LAB_IDP_PORT", "LAB_IDP_GITHUB_PORT", "LAB_IDP_CAS_PORT", "LAB_IMAGE_TAG", "LAB_TORCH_VARIANT", "LAB_WHEELHOUSE",
     "LAB_EXTRA_CA_BUNDLE", "LAB_BASE_IMAGE", "LAB_TOOLS_DIR", "LAB_DOCKERD_LOG",
 }
 
@@ -66,22 +72,33 @@ DEFAULTS: dict[str, Any] = {
         "active_server_limit": 0,
     },
     "auth": {
-        "provider": "auto",
+        "demo": True,
         "admin_users": [],
-        "allowed_users": [],
-        "allow_all": False,
-        "oidc": {
-            "client_id": "",
-            "authorize_url": "",
-            "token_url": "",
-            "userdata_url": "",
-            "username_claim": "sub",
-            "scope": ["openid", "profile", "email"],
-            "login_service": "single sign-on",
+        "contact": "the course's instructors",
+        "id_pattern": r"^(s[0-9]{6}|[a-z]{2,8})$",
+        "id_domains": ["dtu.dk", "student.dtu.dk"],
+        "dtu": {
+            "enabled": True,
+            "protocol": "oidc",
+            "oidc": {
+                "tenant_id": "",
+                "client_id": "",
+                "authorize_url": "",
+                "token_url": "",
+                "username_claim": "preferred_username",
+                "scope": ["openid", "profile", "email"],
+            },
+            "cas": {
+                "server_url": "https://auth.dtu.dk/dtu/",
+                "validate_url": "",
+            },
         },
-        "demo": {
-            "people": ["s230001", "s230002", "s230003", "teacher"],
-            "admins": ["teacher"],
+        "github": {
+            "enabled": True,
+            "client_id": "",
+            "url": "https://github.com",
+            "api_url": "",
+            "token_url": "",
         },
     },
     "spawner": {
@@ -121,7 +138,7 @@ DEFAULTS: dict[str, Any] = {
             "display_name": "GPU (whole)",
             "description": "A whole GPU, for instructors.",
             "gpu": "whole",
-            "access": "admins",
+            "access": ["group:instructors"],
             "mem_limit": "32G",
             "cpu_limit": 8.0,
             "idle_timeout": 1800,
@@ -166,29 +183,50 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "provider": {"enum": ["auto", "demo", "oidc"]},
+                "demo": {"type": "boolean"},
                 "admin_users": _user_list,
-                "allowed_users": _user_list,
-                "allow_all": {"type": "boolean"},
-                "oidc": {
+                "contact": {"type": "string", "minLength": 1},
+                "id_pattern": {"type": "string", "minLength": 1},
+                "id_domains": {"type": "array", "items": {"type": "string", "pattern": r"^[a-z0-9.-]+$",
+                                                          "description": "a domain like dtu.dk"}},
+                "dtu": {
                     "type": "object",
                     "additionalProperties": False,
                     "properties": {
-                        "client_id": {"type": "string"},
-                        "authorize_url": _url,
-                        "token_url": _url,
-                        "userdata_url": _url,
-                        "username_claim": {"type": "string", "minLength": 1},
-                        "scope": {"type": "array", "items": {"type": "string"}},
-                        "login_service": {"type": "string", "minLength": 1},
+                        "enabled": {"type": "boolean"},
+                        "protocol": {"enum": ["oidc", "cas"]},
+                        "oidc": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "tenant_id": {"type": "string", "pattern": r"^[A-Za-z0-9.-]*$",
+                                              "description": "an Entra tenant id (a GUID) or domain"},
+                                "client_id": {"type": "string"},
+                                "authorize_url": _url,
+                                "token_url": _url,
+                                "username_claim": {"type": "string", "minLength": 1},
+                                "scope": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                        "cas": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "server_url": _url,
+                                "validate_url": _url,
+                            },
+                        },
                     },
                 },
-                "demo": {
+                "github": {
                     "type": "object",
                     "additionalProperties": False,
                     "properties": {
-                        "people": {**_user_list, "minItems": 1},
-                        "admins": _user_list,
+                        "enabled": {"type": "boolean"},
+                        "client_id": {"type": "string"},
+                        "url": _url,
+                        "api_url": _url,
+                        "token_url": _url,
                     },
                 },
             },
@@ -320,12 +358,9 @@ class Settings:
         return self.env["LAB_NETWORK"] or self.instance
 
     @property
-    def auth_provider(self) -> str:
-        """The identity provider in use: ``demo`` unless a real one is configured."""
-        provider = self.get("auth.provider")
-        if provider == "auto":
-            return "oidc" if self.get("auth.oidc.client_id") else "demo"
-        return provider
+    def demo(self) -> bool:
+        """Demo mode: the bundled demo DTU and GitHub providers and the demo roster."""
+        return bool(self.get("auth.demo"))
 
     @property
     def home_volume_template(self) -> str:
@@ -389,7 +424,8 @@ def _check_env(environ: dict[str, str], problems: list[str]) -> dict[str, str | 
         problems.append(
             f"environment: LAB_INSTANCE={instance!r} must be lower-case letters, digits, '.', '_' or '-'"
         )
-    for name in ("LAB_PUBLIC_URL", "LAB_HUB_CONNECT_URL", "LAB_IDP_PUBLIC_URL", "LAB_IDP_INTERNAL_URL"):
+    for name in ("LAB_PUBLIC_URL", "LAB_HUB_CONNECT_URL", "LAB_IDP_PUBLIC_URL", "LAB_IDP_GITHUB_PUBLIC_URL",
+                 "LAB_IDP_CAS_PUBLIC_URL"):
         if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", env[name] or ""):
             problems.append(f"environment: {name}={env[name]!r} is not an http(s) URL")
     token = env["LAB_ADMIN_API_TOKEN"]
@@ -466,21 +502,32 @@ def _check_consistency(settings: Settings, lines: dict, name: str, problems: lis
         line = lines.get(tuple(key))
         return f"{name}:{line}" if line else name
 
-    if settings.auth_provider == "oidc":
-        for key in ("client_id", "authorize_url", "token_url", "userdata_url"):
-            if not settings.get(f"auth.oidc.{key}"):
-                problems.append(f"{where('auth', 'oidc')}: auth.oidc.{key}: required when auth.provider is oidc")
-        if not settings.env["LAB_OIDC_CLIENT_SECRET"]:
-            problems.append("environment: LAB_OIDC_CLIENT_SECRET: required when auth.provider is oidc")
-        if not settings.get("auth.allowed_users") and not settings.get("auth.allow_all"):
-            problems.append(
-                f"{where('auth')}: auth.allowed_users: list the people who may log in, or set auth.allow_all: true"
-            )
-    else:
-        people = set(settings.get("auth.demo.people"))
-        for admin in settings.get("auth.demo.admins"):
-            if admin not in people:
-                problems.append(f"{where('auth', 'demo', 'admins')}: auth.demo.admins: {admin!r} is not in auth.demo.people")
+    try:
+        re.compile(settings.get("auth.id_pattern"))
+    except re.error as e:
+        problems.append(f"{where('auth', 'id_pattern')}: auth.id_pattern: not a regular expression ({e})")
+    if not settings.get("auth.dtu.enabled") and not settings.get("auth.github.enabled"):
+        problems.append(f"{where('auth')}: auth: enable at least one of auth.dtu and auth.github")
+    if not settings.demo:
+        if settings.get("auth.dtu.enabled") and settings.get("auth.dtu.protocol") == "oidc":
+            o = settings.get("auth.dtu.oidc")
+            if not o["client_id"]:
+                problems.append(f"{where('auth', 'dtu', 'oidc')}: auth.dtu.oidc.client_id: required for DTU login by OpenID Connect"
+                                " (or set auth.dtu.protocol: cas, or auth.demo: true)")
+            for key in ("authorize_url", "token_url"):
+                if not o[key] and not o["tenant_id"]:
+                    problems.append(f"{where('auth', 'dtu', 'oidc')}: auth.dtu.oidc.{key}: required unless auth.dtu.oidc.tenant_id is set")
+            if not settings.env["LAB_DTU_CLIENT_SECRET"]:
+                problems.append("environment: LAB_DTU_CLIENT_SECRET: required for DTU login by OpenID Connect")
+        if settings.get("auth.dtu.enabled") and settings.get("auth.dtu.protocol") == "cas":
+            if not settings.get("auth.dtu.cas.server_url"):
+                problems.append(f"{where('auth', 'dtu', 'cas')}: auth.dtu.cas.server_url: required for DTU login by CAS")
+        if settings.get("auth.github.enabled"):
+            if not settings.get("auth.github.client_id"):
+                problems.append(f"{where('auth', 'github')}: auth.github.client_id: required for GitHub login"
+                                " (or set auth.github.enabled: false)")
+            if not settings.env["LAB_GITHUB_CLIENT_SECRET"]:
+                problems.append("environment: LAB_GITHUB_CLIENT_SECRET: required for GitHub login")
     profiles = settings.get("profiles")
     enabled = {n: p for n, p in profiles.items() if p.get("enabled", True)}
     if not enabled:

@@ -25,12 +25,12 @@ tag="$LAB_IMAGE_TAG"
 
 bash scripts/build-images.sh
 
-# Check the settings with the hub's own code before starting anything; learn the provider.
+# Check the settings with the hub's own code before starting anything; learn whether it is a demo.
 provider=$(docker run --rm --network none \
   -v "$PWD/lab.yaml:/srv/lab/lab.yaml:ro" --env-file .env \
   "mlops-lab/hub:$tag" python3 -c '
 from hub.settings import load_settings_or_exit
-print(load_settings_or_exit("settings").auth_provider)
+print("demo" if load_settings_or_exit("settings").demo else "live")
 ' 2> >(sed 's#/srv/lab/lab.yaml#lab.yaml#g' >&2)) || die "fix lab.yaml or .env as said above, then run make up again"
 
 profiles=()
@@ -44,10 +44,10 @@ for _ in $(seq 1 90); do
     echo
     echo "The lab is running at $url"
     if [ "$provider" = demo ]; then
-      people=$(docker compose logs idp 2>/dev/null | grep -o 'demo people: .*' | tail -n 1 | cut -d' ' -f3-)
-      echo "Demo mode: no real identity provider is configured (see README.md, 'Demo mode')."
-      echo "Open the URL, click 'Sign in with the demo identity provider', then pick a demo person"
-      echo "(${people:-see lab.yaml auth.demo.people}); admins: see auth.demo.admins in lab.yaml."
+      echo "Demo mode (auth.demo: true in lab.yaml; see README.md, 'Demo mode'): the DTU and GitHub"
+      echo "buttons lead to bundled demo providers, and the demo roster (hub/demo-roster.csv) is loaded:"
+      echo "  students s230001 s230002 s230003, TA tahe, instructor teacher; GitHub ada-lovelace is s230001."
+      echo "Import your own roster with: make roster FILE=roster.csv"
     else
       echo "Open the URL and sign in through your identity provider."
     fi

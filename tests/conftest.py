@@ -20,16 +20,31 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 INSTANCE = "mlops-lab-test"
 HTTP_PORT = int(os.environ.get("LAB_TEST_HTTP_PORT", "18000"))
 IDP_PORT = int(os.environ.get("LAB_TEST_IDP_PORT", "19400"))
+GITHUB_PORT = IDP_PORT + 1
+CAS_PORT = IDP_PORT + 2
 TAG = os.environ.get("LAB_IMAGE_TAG") or (ROOT / "VERSION").read_text().strip()
 
 
 # The test lab: fake GPU devices (the host has none: GPU containers can be created, not started),
 # a short-timeout profile for the culling test, fast activity reports, a low pids limit.
-TEST_SETTINGS = """\
+# Logins are configured as for real DTU (OpenID Connect) and GitHub, pointed at the protocol
+# peers of the idp container: browsers reach them on 127.0.0.1, the hub on the lab network.
+TEST_SETTINGS = f"""\
 auth:
-  demo:
-    people: [s230001, s230002, teacher]
-    admins: [teacher]
+  demo: false
+  admin_users: [operator]
+  contact: the 02476 teachers
+  dtu:
+    protocol: oidc
+    oidc:
+      client_id: mlops-lab-test
+      authorize_url: http://127.0.0.1:{IDP_PORT}/oauth2/authorize
+      token_url: http://idp:9400/oauth2/token
+  github:
+    client_id: mlops-lab-demo
+    url: http://127.0.0.1:{GITHUB_PORT}
+    api_url: http://idp:9401/api/v3
+    token_url: http://idp:9401/login/oauth/access_token
 spawner:
   mem_limit: 2G
   cpu_limit: 1.0
@@ -53,9 +68,21 @@ profiles:
     idle_timeout: 20
 gpus:
   devices:
-    - {id: GPU-00000000-0000-0000-0000-0000000000a0, mode: shared, max_users: 2}
-    - {id: MIG-00000000-0000-0000-0000-0000000000b1, mode: mig}
-    - {id: "3", mode: exclusive}
+    - {{id: GPU-00000000-0000-0000-0000-0000000000a0, mode: shared, max_users: 2}}
+    - {{id: MIG-00000000-0000-0000-0000-0000000000b1, mode: mig}}
+    - {{id: "3", mode: exclusive}}
+"""
+
+
+# The course roster the test lab starts with (the same people as the demo roster). The idp
+# container also knows an outsider: DTU id s239999 and GitHub login octo-unlinked.
+TEST_ROSTER = """\
+id,name,email,github,role
+s230001,Ada Lovelace,s230001@student.dtu.dk,ada-lovelace,student
+s230002,Alan Turing,s230002@student.dtu.dk,,student
+s230003,Grace Hopper,s230003@student.dtu.dk,grace-hopper,student
+tahe,Tara Hensen,tahe@dtu.dk,,ta
+teacher,Tea Cher,teacher@dtu.dk,tea-cher,instructor
 """
 
 
@@ -68,6 +95,8 @@ class Lab:
         self.token = token
         self.url = f"http://127.0.0.1:{HTTP_PORT}"
         self.idp_url = f"http://127.0.0.1:{IDP_PORT}"
+        self.github_url = f"http://127.0.0.1:{GITHUB_PORT}"
+        self.cas_url = f"http://127.0.0.1:{CAS_PORT}"
         self.instance = INSTANCE
         self.course_image = f"mlops-lab/course:{TAG}"
         self.session = requests.Session()
@@ -121,12 +150,19 @@ class Lab:
         while time.monotonic() < deadline:
             try:
                 if requests.get(f"{self.url}/hub/health", timeout=2).ok and \
-                        self.session.get(f"{self.url}/services/gpu-usage/?format=json", timeout=5).ok:
+                        self.session.get(f"{self.url}/services/gpu-usage/?format=json", timeout=5).ok and \
+                        self.session.get(f"{self.url}/services/roster/api/roster", timeout=5).ok:
                     return
             except requests.RequestException:
                 pass
             time.sleep(1)
         raise AssertionError("the hub did not come back after a restart:\n" + self.compose("logs", "--tail", "40", "hub").stdout)
+
+    def import_roster(self, text: str | bytes, filename: str = "roster.csv", dry_run: bool = False) -> requests.Response:
+        """Import a roster through the roster service's API, as `make roster` does."""
+        data = text.encode() if isinstance(text, str) else text
+        return self.session.post(f"{self.url}/services/roster/api/import",
+                                 params={"filename": filename, "dry_run": int(dry_run)}, data=data, timeout=120)
 
     def server_api(self, name: str, method: str, path: str, **kw) -> requests.Response:
         """Call a user's JupyterLab REST API through the proxy, with the admin token."""
@@ -172,6 +208,10 @@ def lab(tmp_path_factory, lab_settings) -> Lab:
         f"LAB_INSTANCE={INSTANCE}",
         f"LAB_HTTP_PORT={HTTP_PORT}",
         f"LAB_IDP_PORT={IDP_PORT}",
+        f"LAB_IDP_GITHUB_PORT={GITHUB_PORT}",
+        f"LAB_IDP_CAS_PORT={CAS_PORT}",
+        "LAB_DTU_CLIENT_SECRET=any-secret-the-mock-accepts",
+        "LAB_GITHUB_CLIENT_SECRET=demo-github",
         f"LAB_PUBLIC_URL=http://127.0.0.1:{HTTP_PORT}",
         f"LAB_IDP_PUBLIC_URL=http://127.0.0.1:{IDP_PORT}",
         f"LAB_ADMIN_API_TOKEN={token}",
@@ -189,12 +229,18 @@ def lab(tmp_path_factory, lab_settings) -> Lab:
         while True:
             try:
                 if requests.get(f"{lab.url}/hub/health", timeout=2).ok and \
-                        requests.get(f"{lab.idp_url}/.well-known/openid-configuration", timeout=2).ok:
+                        requests.get(f"{lab.idp_url}/.well-known/openid-configuration", timeout=2).ok and \
+                        requests.get(f"{lab.cas_url}/cas/login?service=x", timeout=2).ok:
                     break
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError("test lab did not come up:\n" + lab.compose("logs", "--tail", "60").stdout)
+            time.sleep(1)
+        deadline = time.monotonic() + 60
+        while (r := lab.import_roster(TEST_ROSTER)).status_code != 200:  # the roster service starts last
+            if time.monotonic() > deadline:
+                raise AssertionError(f"roster import failed: {r.status_code} {r.text}")
             time.sleep(1)
         yield lab
     finally:

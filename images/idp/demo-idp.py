@@ -1,17 +1,44 @@
-"""Start the demo OpenID Connect provider with the demo people of the lab's settings as buttons.
+"""Start the demo identity providers, one process each, for the people of the demo roster:
 
-It reads the same lab.yaml as the hub (through hub.settings, so defaults and validation match),
-then runs oidc-provider-mock with one --user per demo person.
+- DTU by OpenID Connect: PyPI's oidc-provider-mock on :9400, each person with Entra-like claims
+  (``preferred_username`` ``<id>@dtu.dk``, ``name``, ``email``);
+- GitHub: the GitHub peer (``github_peer.py``) on :9401, with the roster's GitHub logins;
+- DTU by CAS: the CAS 3.0 peer (``cas_peer.py``) on :9402.
+
+Each also knows one outsider (DTU id s239999, GitHub login octo-unlinked), to show what someone
+off the roster sees. If any provider exits, this exits too, and Docker restarts the container.
 """
+import json
 import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from hub.settings import load_settings_or_exit
-from oidc_provider_mock.__main__ import run
+from hub.roster import parse_roster
 
-settings = load_settings_or_exit("demo-idp", {k: v for k, v in os.environ.items() if k == "LAB_SETTINGS_FILE"})
+roster = parse_roster(Path("/opt/lab/hub/demo-roster.csv").read_bytes(), "demo-roster.csv")
+people = list(roster.people.values())
+OUTSIDER, OUTSIDER_GITHUB = "s239999", "octo-unlinked"
 
-args = ["--host", "0.0.0.0", "--port", "9400"]
-for person in settings.get("auth.demo.people"):
-    args += ["--user", person]
-print(f"[demo-idp] demo people: {', '.join(settings.get('auth.demo.people'))}", flush=True)
-run(args)
+oidc = [sys.executable, "-m", "oidc_provider_mock", "--host", "0.0.0.0", "--port", "9400"]
+for p in people + [None]:
+    pid, name, email = (p.id, p.name, p.email) if p else (OUTSIDER, "Otto Outsider", f"{OUTSIDER}@student.dtu.dk")
+    claims = {"sub": pid, "preferred_username": f"{pid}@dtu.dk", "name": name, "email": email}
+    oidc += ["--user-claims", json.dumps(claims)]
+github = [sys.executable, "/opt/lab/github_peer.py", "--port", "9401", "--client", "mlops-lab-demo:demo-github"]
+for login in [p.github for p in people if p.github] + [OUTSIDER_GITHUB]:
+    github += ["--user", login]
+cas = [sys.executable, "/opt/lab/cas_peer.py", "--port", "9402"]
+for pid in [p.id for p in people] + [OUTSIDER]:
+    cas += ["--user", pid]
+
+print(f"[demo-idp] demo people: {', '.join(p.id for p in people)} (and the outsider {OUTSIDER})", flush=True)
+env = dict(os.environ, PYTHONWARNINGS="ignore")
+procs = [subprocess.Popen(cmd, env=env) for cmd in (oidc, github, cas)]
+while all(p.poll() is None for p in procs):
+    time.sleep(1)
+for p in procs:
+    if p.poll() is None:
+        p.terminate()
+sys.exit(1)

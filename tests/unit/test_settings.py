@@ -28,7 +28,7 @@ def test_no_file_gives_defaults_that_work_on_one_host(tmp_path):
     """Without a settings file every default applies and the demo provider is used."""
     s = load(tmp_path)
     assert s.values == DEFAULTS
-    assert s.auth_provider == "demo"
+    assert s.demo is True
     assert s.instance == "mlops-lab"
     assert s.network == "mlops-lab"
     assert s.home_volume_template == "mlops-lab-home-{username}"
@@ -110,31 +110,38 @@ def test_bad_instance_name_is_refused(tmp_path):
     assert "LAB_INSTANCE='My Lab'" in problem
 
 
-def test_real_oidc_provider_needs_its_urls_and_secret(tmp_path):
-    """Choosing the real provider without its settings lists each missing one."""
-    found = problems(tmp_path, "auth:\n  provider: oidc\n  allow_all: true\n")
-    text = "\n".join(found)
-    for key in ("client_id", "authorize_url", "token_url", "userdata_url"):
-        assert f"auth.oidc.{key}: required when auth.provider is oidc" in text
-    assert "LAB_OIDC_CLIENT_SECRET: required" in text
+def test_live_logins_need_their_client_ids_and_secrets(tmp_path):
+    """Turning demo mode off without registering the lab names each missing piece."""
+    text = "\n".join(problems(tmp_path, "auth:\n  demo: false\n"))
+    assert "auth.dtu.oidc.client_id: required for DTU login by OpenID Connect" in text
+    assert "auth.dtu.oidc.authorize_url: required unless auth.dtu.oidc.tenant_id is set" in text
+    assert "LAB_DTU_CLIENT_SECRET: required" in text
+    assert "auth.github.client_id: required for GitHub login" in text
+    assert "LAB_GITHUB_CLIENT_SECRET: required" in text
 
 
-def test_client_id_selects_the_real_provider(tmp_path):
-    """With auth.provider auto, setting a client id turns the demo provider off."""
-    text = (
-        "auth:\n  allowed_users: [s123456]\n  oidc:\n    client_id: lab\n"
-        "    authorize_url: https://login.example.org/authorize\n"
-        "    token_url: https://login.example.org/token\n"
-        "    userdata_url: https://login.example.org/userinfo\n"
-    )
-    s = load(tmp_path, text, LAB_OIDC_CLIENT_SECRET="secret")
-    assert s.auth_provider == "oidc"
+def test_entra_tenant_and_github_app_are_enough(tmp_path):
+    """A tenant id fills the Entra URLs; with both secrets, live logins load."""
+    text = ("auth:\n  demo: false\n  dtu:\n    oidc:\n      tenant_id: dtu.dk\n      client_id: lab\n"
+            "  github:\n    client_id: Iv1.abc\n")
+    s = load(tmp_path, text, LAB_DTU_CLIENT_SECRET="x", LAB_GITHUB_CLIENT_SECRET="y")
+    assert s.demo is False
 
 
-def test_demo_admin_must_be_a_demo_person(tmp_path):
-    """A demo admin who cannot sign in is a mistake worth naming."""
-    [problem] = problems(tmp_path, "auth:\n  demo:\n    people: [a1]\n    admins: [b2]\n")
-    assert "auth.demo.admins: 'b2' is not in auth.demo.people" in problem
+def test_cas_needs_no_client_secret(tmp_path):
+    """DTU by CAS has no client registration: only its server URL, which has a default."""
+    s = load(tmp_path, "auth:\n  demo: false\n  dtu:\n    protocol: cas\n  github:\n    enabled: false\n")
+    assert s.get("auth.dtu.cas.server_url") == "https://auth.dtu.dk/dtu/"
+
+
+def test_some_login_must_be_enabled(tmp_path):
+    found = problems(tmp_path, "auth:\n  dtu:\n    enabled: false\n  github:\n    enabled: false\n")
+    assert any("enable at least one of auth.dtu and auth.github" in p for p in found)
+
+
+def test_bad_id_pattern_is_named(tmp_path):
+    [problem] = problems(tmp_path, "auth:\n  id_pattern: '^(s[0-9'\n")
+    assert problem.startswith(f"{tmp_path / 'lab.yaml'}:2: auth.id_pattern: not a regular expression")
 
 
 def test_bad_user_name_in_list_is_named(tmp_path):

@@ -86,33 +86,66 @@ def test_network_can_differ_from_instance(tmp_path):
     assert s.network_name == "campus-net"
 
 
-def test_demo_login_uses_the_demo_provider(tmp_path):
-    """Demo mode: browsers go to the public IdP URL, the hub talks to the internal one."""
-    c = config_for(tmp_path, LAB_IDP_PUBLIC_URL="http://lab.example:9400", LAB_PUBLIC_URL="https://lab.example")
-    a = c.GenericOAuthenticator
-    assert c.JupyterHub.authenticator_class == "generic-oauth"
-    assert a.authorize_url == "http://lab.example:9400/oauth2/authorize"
-    assert a.token_url == "http://idp:9400/oauth2/token"
-    assert a.oauth_callback_url == "https://lab.example/hub/oauth_callback"
-    assert a.allowed_users == {"s230001", "s230002", "s230003", "teacher"}
-    assert a.admin_users == {"teacher"}
-    assert "demo identity provider" in c.JupyterHub.template_vars["announcement_login"]
+def providers(c) -> dict:
+    return {p["url_prefix"]: p for p in c.CourseAuthenticator.authenticators}
 
 
-def test_real_provider_has_no_demo_notice(tmp_path):
-    """With a real provider the demo notice and demo people are gone."""
-    text = (
-        "auth:\n  allowed_users: [s123456]\n  admin_users: [abc]\n  oidc:\n    client_id: lab\n"
-        "    authorize_url: https://login.example.org/authorize\n"
-        "    token_url: https://login.example.org/token\n"
-        "    userdata_url: https://login.example.org/userinfo\n"
-    )
-    c = config_for(tmp_path, text, LAB_OIDC_CLIENT_SECRET="s3cret")
-    a = c.GenericOAuthenticator
-    assert a.client_secret == "s3cret"
-    assert a.allowed_users == {"s123456"}
-    assert a.admin_users == {"abc"}
-    assert "announcement_login" not in c.JupyterHub.template_vars
+def test_demo_logins_use_the_bundled_peers(tmp_path):
+    """Demo mode: DTU and GitHub buttons; browsers go to the public peer URLs, the hub to "idp"."""
+    c = config_for(tmp_path, LAB_IDP_PUBLIC_URL="http://lab.example:9400",
+                   LAB_IDP_GITHUB_PUBLIC_URL="http://lab.example:9401", LAB_PUBLIC_URL="https://lab.example")
+    assert c.JupyterHub.authenticator_class == "hub.auth.CourseAuthenticator"
+    p = providers(c)
+    dtu, github = p["/dtu"]["config"], p["/github"]["config"]
+    assert p["/dtu"]["authenticator_class"] == "hub.auth.DTUOIDCAuthenticator"
+    assert dtu["authorize_url"] == "http://lab.example:9400/oauth2/authorize"
+    assert dtu["token_url"] == "http://idp:9400/oauth2/token"
+    assert dtu["oauth_callback_url"] == "https://lab.example/hub/dtu/oauth_callback"
+    assert dtu["userdata_from_id_token"] is True
+    assert github["github_url"] == "http://lab.example:9401"
+    assert github["github_api"] == "http://idp:9401/api/v3"
+    assert github["oauth_callback_url"] == "https://lab.example/hub/github/oauth_callback"
+    assert "demo DTU and GitHub logins" in c.JupyterHub.template_vars["announcement_login"]
+    [roster] = [s for s in c.JupyterHub.services if s["name"] == "roster"]
+    assert roster["environment"]["ROSTER_DEMO_FILE"].endswith("demo-roster.csv")
+
+
+def test_live_logins_use_entra_cas_and_github_settings(tmp_path):
+    """Live: Entra URLs from the tenant, the secrets from the environment, no demo notice or roster."""
+    text = ("auth:\n  demo: false\n  admin_users: [abc]\n  dtu:\n    oidc:\n      tenant_id: dtu.dk\n"
+            "      client_id: lab\n  github:\n    client_id: Iv1.abc\n")
+    c = config_for(tmp_path, text, LAB_DTU_CLIENT_SECRET="s3cret", LAB_GITHUB_CLIENT_SECRET="gh")
+    p = providers(c)
+    dtu, github = p["/dtu"]["config"], p["/github"]["config"]
+    assert dtu["authorize_url"] == "https://login.microsoftonline.com/dtu.dk/oauth2/v2.0/authorize"
+    assert dtu["token_url"] == "https://login.microsoftonline.com/dtu.dk/oauth2/v2.0/token"
+    assert dtu["client_secret"] == "s3cret" and dtu["username_claim"] == "preferred_username"
+    assert github["client_secret"] == "gh" and github["github_url"] == "https://github.com"
+    assert "github_api" not in github  # OAuthenticator's default: https://api.github.com
+    assert c.CourseAuthenticator.admin_users == {"abc"}
+    assert "announcement_login" not in c.JupyterHub.get("template_vars", {})
+    [roster] = [s for s in c.JupyterHub.services if s["name"] == "roster"]
+    assert roster["environment"]["ROSTER_DEMO_FILE"] == ""
+    cas = config_for(tmp_path, "auth:\n  demo: false\n  dtu:\n    protocol: cas\n  github:\n    enabled: false\n")
+    [only] = cas.CourseAuthenticator.authenticators
+    assert only["authenticator_class"] == "hub.auth.DTUCASAuthenticator"
+    assert only["config"]["cas_server_url"] == "https://auth.dtu.dk/dtu/"
+    assert only["config"]["cas_service_url"] == "http://localhost:8000/hub/dtu/login"
+
+
+def test_roster_roles_become_groups_and_rbac_roles(tmp_path):
+    """Instructors administer course users and servers; TAs reach students' servers; students get
+    JupyterHub's default role (their own server only)."""
+    c = config_for(tmp_path)
+    assert set(c.JupyterHub.load_groups) == {"students", "tas", "instructors"}
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    instructor, ta = roles["course-instructor"], roles["course-ta"]
+    assert instructor["groups"] == ["instructors"] and ta["groups"] == ["tas"]
+    assert {"admin:servers!group=students", "admin:users!group=students", "access:servers!group=tas",
+            "access:services!service=roster"} <= set(instructor["scopes"])
+    assert {"access:servers!group=students", "read:servers!group=students"} <= set(ta["scopes"])
+    assert not any(scope.startswith(("admin:", "access:servers!group=instructors")) for scope in ta["scopes"])
+    assert "user" not in roles
 
 
 def test_admin_token_becomes_a_service_with_admin_scopes(tmp_path):
@@ -127,7 +160,7 @@ def test_admin_token_becomes_a_service_with_admin_scopes(tmp_path):
 def test_no_admin_token_no_admin_service(tmp_path):
     """Without a token there is no automation service at all."""
     c = config_for(tmp_path)
-    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "gpu-usage"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "gpu-usage", "roster"]
 
 
 def test_culler_settings_reach_its_command(tmp_path):

@@ -1,0 +1,241 @@
+"""Log in with DTU or GitHub, as one student of the course roster.
+
+The login page offers one button per identity provider, through ``jupyterhub-multiauthenticator``
+(each provider's handlers live under its own prefix: ``/hub/dtu/...``, ``/hub/github/...``):
+
+- DTU by OpenID Connect against DTU's Microsoft Entra ID tenant (OAuthenticator's generic
+  client, user data from the ID token), or by CAS 3.0 against DTU's single sign-on (python-cas).
+- GitHub by OAuthenticator's GitHub client (its URLs settable, as for GitHub Enterprise).
+
+Each provider's identity is mapped to the person's DTU id through the roster (``hub.roster``):
+a DTU login is its id (``S123456``, ``s123456@dtu.dk`` -> ``s123456``), a GitHub login is looked
+up in the roster's GitHub column. So both logins reach the same hub user, home and server.
+Someone not on the roster, or a GitHub account the roster does not link, gets a page saying so
+and what to do, not a bare 403. ``refresh_user`` re-checks the roster on every request, so a
+person removed from the roster loses access at their next request without a hub restart.
+
+The mapping and the CAS client are ours: no Jupyter package maps two providers to one roster
+id, and the only JupyterHub CAS authenticator (jhub_cas_authenticator) is unmaintained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from urllib.parse import urlencode
+
+import requests
+from cas import CASClientV3
+from jupyterhub.auth import Authenticator
+from jupyterhub.handlers import BaseHandler
+from multiauthenticator import MultiAuthenticator
+from oauthenticator.generic import GenericOAuthenticator
+from oauthenticator.github import GitHubOAuthenticator
+from tornado import web
+from traitlets import List, Unicode
+
+from hub.roster import DEFAULT_ID_DOMAINS, DEFAULT_ID_PATTERN, Roster, RosterStore, normalize_id
+
+
+class LoginRefused(web.HTTPError):
+    """A login we refuse on purpose: a 403 whose page explains why and what to do."""
+
+    def __init__(self, title: str, text: str, html_message: str):
+        super().__init__(403, reason=title)
+        self.jupyterhub_message = text
+        self.jupyterhub_html_message = html_message
+
+
+class CourseAuthenticator(MultiAuthenticator):
+    """The hub's authenticator: the providers' buttons, and the roster that decides who gets in."""
+
+    roster_file = Unicode("/srv/jupyterhub/roster.json", config=True, help="The stored roster (JSON).")
+    contact = Unicode("the course's instructors", config=True,
+                      help="Who to ask about enrolment and GitHub links, as shown on refusal pages.")
+    id_pattern = Unicode(DEFAULT_ID_PATTERN, config=True, help="What a DTU id looks like.")
+    id_domains = List(Unicode(), list(DEFAULT_ID_DOMAINS), config=True,
+                      help="Domains accepted after an id in a login like s123456@dtu.dk.")
+    intro_html = Unicode("", config=True, help="Shown above the login buttons.")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.store = RosterStore(self.roster_file)
+        for sub in self._authenticators:
+            sub.course = self
+
+    @property
+    def roster(self) -> Roster | None:
+        return self.store.load()
+
+    def is_operator(self, name: str) -> bool:
+        return name in self.admin_users
+
+    def enrolled(self, name: str) -> bool:
+        roster = self.roster
+        return self.is_operator(name) or bool(roster and name in roster.people)
+
+    def not_enrolled(self, who: str, via: str) -> LoginRefused:
+        contact = html.escape(self.contact)
+        text = (f"You signed in with {via} as {who}, but {who} is not enrolled in this course. "
+                f"If you take the course, ask {self.contact} to add you to the course roster.")
+        page = (f"<p>You signed in with {html.escape(via)} as <b>{html.escape(who)}</b>, but "
+                f"<b>{html.escape(who)}</b> is <b>not enrolled in this course</b>.</p>"
+                f"<p>If you take the course, ask {contact} to add you to the course roster. "
+                "Nothing is lost: your work here is kept while you are off the roster.</p>")
+        return LoginRefused("Not enrolled in this course", text, page)
+
+    def github_not_linked(self, login: str) -> LoginRefused:
+        contact = html.escape(self.contact)
+        text = (f"The GitHub account {login} is not linked to anyone in this course. "
+                f"Log in with DTU instead, or ask {self.contact} to add your GitHub login to the course roster.")
+        page = (f"<p>The GitHub account <b>{html.escape(login)}</b> is <b>not linked</b> to anyone in this course.</p>"
+                "<p>To get linked:</p><ul>"
+                "<li>Log in with <b>DTU</b> instead; that always works for enrolled students.</li>"
+                f"<li>Or ask {contact} to add your GitHub login <code>{html.escape(login)}</code> to your line "
+                "of the course roster. After that, <b>Log in with GitHub</b> takes you to the same server "
+                "and files as your DTU login.</li></ul>")
+        return LoginRefused("GitHub account not linked", text, page)
+
+    async def authenticate(self, handler, data=None):
+        return None  # logins go through the providers' own handlers, never the form
+
+    async def refresh_user(self, user, handler=None):
+        # Called on each request (auth_refresh_age): off the roster means logged out at once.
+        if not self.enrolled(user.name):
+            self.log.info("%s is not on the course roster: access refused until re-enrolled", user.name)
+            return False
+        return True
+
+    def get_custom_html(self, base_url):
+        buttons = []
+        for sub in self._authenticators:
+            url = sub.login_url(base_url)
+            buttons.append(
+                f'<a role="button" class="btn btn-jupyter btn-lg lab-login-{sub.url_scope.strip("/")}" '
+                f"href='{url}{{% if next is defined and next|length %}}?next={{{{next|urlencode}}}}{{% endif %}}'>"
+                f"Log in with {html.escape(sub.login_service)}</a>"
+            )
+        intro = f"<p class='lab-login-intro'>{self.intro_html}</p>" if self.intro_html else ""
+        return (
+            "<div class='service-login lab-login'>"
+            "<h1>MLOps course lab</h1>"
+            f"{intro}"
+            "<div class='d-grid gap-3 col-md-6 mx-auto'>" + "\n".join(buttons) + "</div>"
+            "<p class='text-muted mt-3'>Both logins lead to the same server and files. "
+            "GitHub works once your GitHub login is on the course roster.</p>"
+            "</div>"
+        )
+
+
+class RosterMixin:
+    """For a provider's authenticator: turn the provider's identity into the roster's DTU id."""
+
+    course: CourseAuthenticator
+    via = ""
+
+    def person_id(self, raw: str) -> str:
+        raise NotImplementedError
+
+    async def authenticate(self, handler, data=None, **kwargs):
+        model = await super().authenticate(handler, data, **kwargs)
+        if model is None:
+            return None
+        if isinstance(model, str):
+            model = {"name": model}
+        model["name"] = self.person_id(model["name"])
+        return model
+
+    def check_allowed(self, username, authentication=None):
+        return self.course.enrolled(username)
+
+
+class DTUIdentityMixin(RosterMixin):
+    via = "DTU"
+
+    def person_id(self, raw: str) -> str:
+        try:
+            pid = normalize_id(raw, self.course.id_pattern, self.course.id_domains)
+        except ValueError:
+            raise self.course.not_enrolled(raw, self.via)
+        if not self.course.enrolled(pid):
+            raise self.course.not_enrolled(pid, self.via)
+        return pid
+
+
+class DTUOIDCAuthenticator(DTUIdentityMixin, GenericOAuthenticator):
+    """DTU by OpenID Connect (Microsoft Entra ID): the id comes from a claim of the ID token,
+    by default ``preferred_username`` (``s123456@dtu.dk``)."""
+
+    login_service = "DTU"
+
+
+class CASLoginHandler(BaseHandler):
+    """``/hub/dtu/login``: send the browser to CAS, then validate the ticket it comes back with."""
+
+    async def get(self):
+        auth = self.authenticator
+        next_url = self.get_argument("next", "")
+        service = auth.service_url(next_url)
+        ticket = self.get_argument("ticket", "")
+        if not ticket:
+            self.redirect(CASClientV3(service_url=service, server_url=auth.cas_server_url).get_login_url())
+            return
+        user = await self.login_user({"ticket": ticket, "service": service})
+        if user is None:
+            raise web.HTTPError(403, "login refused")
+        self.redirect(self.get_next_url(user))
+
+
+class CASAuthenticator(Authenticator):
+    """CAS 3.0: ``/login`` at the CAS server, then ``/p3/serviceValidate`` from the hub."""
+
+    cas_server_url = Unicode(config=True, help="The CAS server as browsers reach it (ends in /).")
+    cas_validate_url = Unicode("", config=True, help="The CAS server as the hub reaches it; default: cas_server_url.")
+    cas_service_url = Unicode(config=True, help="This hub's CAS login URL, as browsers reach it.")
+
+    def service_url(self, next_url: str = "") -> str:
+        return self.cas_service_url + (f"?{urlencode({'next': next_url})}" if next_url else "")
+
+    def login_url(self, base_url):
+        return base_url.rstrip("/") + "/login"
+
+    def get_handlers(self, app):
+        return [(r"/login", CASLoginHandler)]
+
+    async def authenticate(self, handler, data=None):
+        server = (self.cas_validate_url or self.cas_server_url).rstrip("/") + "/"
+        client = CASClientV3(service_url=data["service"], server_url=server)
+        try:
+            user, attributes, _ = await asyncio.to_thread(client.verify_ticket, data["ticket"])
+        except requests.RequestException as e:
+            self.log.error("CAS ticket validation at %s failed: %s", server, e)
+            raise web.HTTPError(502, reason="Single sign-on unreachable") from e
+        if not user:
+            self.log.warning("CAS refused a ticket for service %s", data["service"])
+            raise LoginRefused(
+                "Login not confirmed",
+                "The single sign-on did not confirm your login (the ticket was refused or expired). Please log in again.",
+                "<p>The single sign-on did not confirm your login: the ticket was refused or has expired.</p>"
+                "<p><a href='/hub/login'>Log in again</a>.</p>",
+            )
+        return {"name": user, "auth_state": {"cas_attributes": attributes or {}}}
+
+
+class DTUCASAuthenticator(DTUIdentityMixin, CASAuthenticator):
+    """DTU by CAS at auth.dtu.dk: the CAS user is a student number or staff initials."""
+
+    login_service = "DTU"
+
+
+class CourseGitHubAuthenticator(RosterMixin, GitHubOAuthenticator):
+    """GitHub, for students whose GitHub login is in the roster."""
+
+    login_service = "GitHub"
+    via = "GitHub"
+
+    def person_id(self, raw: str) -> str:
+        roster = self.course.roster
+        person = roster.by_github(raw) if roster else None
+        if person is None:
+            raise self.course.github_not_linked(raw)
+        return person.id
