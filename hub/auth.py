@@ -93,7 +93,7 @@ class CourseAuthenticator(MultiAuthenticator):
                 "<li>Log in with <b>DTU</b> instead; that always works for enrolled students.</li>"
                 f"<li>Or ask {contact} to add your GitHub login <code>{html.escape(login)}</code> to your line "
                 "of the course roster. After that, <b>Log in with GitHub</b> takes you to the same server "
-                "and files as your DTU login.</li></ul>")
+                "and files as your DTU login.</li></ul><p><a href='/hub/login'>Back to the login page</a></p>")
         return LoginRefused("GitHub account not linked", text, page)
 
     async def authenticate(self, handler, data=None):
@@ -103,6 +103,11 @@ class CourseAuthenticator(MultiAuthenticator):
         # Called on each request (auth_refresh_age): off the roster means logged out at once.
         if not self.enrolled(user.name):
             self.log.info("%s is not on the course roster: access refused until re-enrolled", user.name)
+            if handler is not None and not hasattr(handler, "_token_authenticated"):
+                # JupyterHub 6.1.1's refresh_auth reads this flag, which only token-authenticated
+                # requests set; without it a cookie request fails with AttributeError instead of
+                # clearing the login cookie. False is what a cookie request means.
+                handler._token_authenticated = False
             return False
         return True
 

@@ -8,7 +8,8 @@ the tests. It speaks the protocol python-cas uses:
   ``cas:authenticationFailure`` (``INVALID_TICKET``, ``INVALID_SERVICE``, ``INVALID_REQUEST``).
   A ticket is good once, for the service it was issued to, for 60 seconds.
 
-Known users come from the command line; any non-empty password is accepted. Never for real students.
+Known users come from the command line (case-insensitive; ``cas:user`` is the id as typed, as
+many CAS servers answer); any non-empty password is accepted. Never for real students.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ class Handler(BaseHTTPRequestHandler):
         if url.path != "/cas/login":
             return self.send(404, "not found", "text/plain")
         service, user = f.get("service", ""), f.get("username", "").strip()
-        if user not in self.users or not f.get("password"):
+        # Like many CAS servers, ids are case-insensitive and cas:user is the id as typed.
+        if user.lower() not in self.users or not f.get("password"):
             return self.send(200, self.login_page(service, "The DTU id or password is wrong."), "text/html; charset=utf-8")
         ticket = "ST-" + secrets.token_hex(16)
         with LOCK:
@@ -110,7 +112,7 @@ def main(argv=None):
     p.add_argument("--port", type=int, default=9402)
     p.add_argument("--user", action="append", default=[], help="a DTU id (repeat)")
     args = p.parse_args(argv)
-    Handler.users = set(args.user)
+    Handler.users = {u.lower() for u in args.user}
     print(f"[cas-peer] listening on :{args.port}, users: {', '.join(args.user)}", flush=True)
     ThreadingHTTPServer(("0.0.0.0", args.port), Handler).serve_forever()
 
