@@ -58,6 +58,9 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "LAB_SETTINGS_FILE": (DEFAULT_SETTINGS_FILE, "Path of the operator settings file inside the hub."),
 }
 
+# Variables of earlier versions: ignored when empty, else refused with their new name.
+RENAMED_VARS = {"LAB_OIDC_CLIENT_SECRET": "LAB_DTU_CLIENT_SECRET (and lab.yaml auth.dtu.oidc)"}
+
 # Host-side variables that compose and the scripts read; the hub may see them and ignores them.
 HOST_ONLY_VARS = {
     "LAB_HTTP_PORT", "LAB_IDP_PORT", "LAB_IDP_GITHUB_PORT", "LAB_IDP_CAS_PORT", "LAB_IMAGE_TAG", "LAB_TORCH_VARIANT", "LAB_WHEELHOUSE",
@@ -413,7 +416,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
 def _check_env(environ: dict[str, str], problems: list[str]) -> dict[str, str | None]:
     env: dict[str, str | None] = {}
     for name in sorted(k for k in environ if k.startswith("LAB_")):
-        if name not in ENV_VARS and name not in HOST_ONLY_VARS:
+        if name in RENAMED_VARS:
+            if environ[name]:
+                problems.append(f"environment: {name} is now {RENAMED_VARS[name]}; rename it in .env")
+        elif name not in ENV_VARS and name not in HOST_ONLY_VARS:
             known = ", ".join(sorted(ENV_VARS))
             problems.append(f"environment: unknown variable {name} (known: {known})")
     for name, (default, _help) in ENV_VARS.items():

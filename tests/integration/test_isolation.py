@@ -141,7 +141,7 @@ def test_no_docker_socket_and_no_hub_secrets_inside(two_containers):
                         "ls -la /var/run/docker.sock /srv/jupyterhub 2>&1; env"], capture_output=True, text=True)
     assert "No such file or directory" in r.stdout
     assert r.stdout.count("No such file or directory") == 2
-    for secret in ("LAB_ADMIN_API_TOKEN", "CONFIGPROXY_AUTH_TOKEN", "LAB_OIDC_CLIENT_SECRET", "JPY_COOKIE_SECRET"):
+    for secret in ("LAB_ADMIN_API_TOKEN", "CONFIGPROXY_AUTH_TOKEN", "LAB_DTU_CLIENT_SECRET", "LAB_GITHUB_CLIENT_SECRET", "JPY_COOKIE_SECRET"):
         assert secret not in r.stdout
 
 

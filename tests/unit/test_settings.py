@@ -160,3 +160,11 @@ def test_database_url_must_be_one_the_hub_can_open(tmp_path):
     """A database the hub image has no driver for is refused at start, not at first login."""
     [problem] = problems(tmp_path, "hub:\n  db_url: mysql://lab@db/lab\n")
     assert ":2: hub.db_url: 'mysql://lab@db/lab' is not an SQLite URL" in problem
+
+
+def test_renamed_variable_is_named_with_its_new_name(tmp_path):
+    """An .env from before DTU and GitHub logins: empty is ignored, set is refused with the new name."""
+    load(tmp_path, None, LAB_OIDC_CLIENT_SECRET="")
+    [problem] = problems(tmp_path, None, LAB_OIDC_CLIENT_SECRET="x")
+    assert problem == ("environment: LAB_OIDC_CLIENT_SECRET is now LAB_DTU_CLIENT_SECRET"
+                       " (and lab.yaml auth.dtu.oidc); rename it in .env")
