@@ -177,6 +177,11 @@ class DTUOIDCAuthenticator(DTUIdentityMixin, GenericOAuthenticator):
 class CASLoginHandler(BaseHandler):
     """``/hub/dtu/login``: send the browser to CAS, then validate the ticket it comes back with."""
 
+    def append_query_parameters(self, url, exclude=None):
+        # The ticket is single-use and must not travel on: JupyterHub would carry it to /hub/spawn,
+        # where query parameters are spawn options and start a server.
+        return super().append_query_parameters(url, exclude=[*(exclude or ["next"]), "ticket"])
+
     async def get(self):
         auth = self.authenticator
         next_url = self.get_argument("next", "")

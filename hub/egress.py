@@ -36,7 +36,7 @@ def render(allowed_hosts: list[str]) -> tuple[str, str]:
 
 
 def main() -> None:
-    settings = load_settings_or_exit("egress")
+    settings = load_settings_or_exit("egress", secrets=False)  # never given the hub's secrets
     hosts = settings.get("network.allowed_hosts")
     conf, filt = render(hosts)
     os.makedirs("/tmp/egress", exist_ok=True)

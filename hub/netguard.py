@@ -139,7 +139,7 @@ def check_bridge_netfilter() -> None:
 
 
 def main() -> None:
-    settings = load_settings_or_exit("netguard")
+    settings = load_settings_or_exit("netguard", secrets=False)  # never given the hub's secrets
     guard = Guard(settings.instance, settings.network, settings.get("network.isolate"))
     stopping = False
 

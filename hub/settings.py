@@ -443,10 +443,13 @@ def _check_env(environ: dict[str, str], problems: list[str]) -> dict[str, str | 
     return env
 
 
-def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Settings:
+def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None,
+                  secrets: bool = True) -> Settings:
     """Load, merge and validate the settings file and environment; raise SettingsError listing all problems.
 
-    A missing file means all defaults. ``path`` defaults to ``$LAB_SETTINGS_FILE``.
+    A missing file means all defaults. ``path`` defaults to ``$LAB_SETTINGS_FILE``. With
+    ``secrets=False`` (processes that are never given the hub's secrets: egress, netguard) the
+    client secrets the logins need are not required.
     """
     environ = dict(os.environ if environ is None else environ)
     problems: list[str] = []
@@ -495,13 +498,13 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str]
     values = _merge(DEFAULTS, user_values) if not problems else copy.deepcopy(DEFAULTS)
     settings = Settings(values=values, env=env, source=name)
     if not problems:
-        _check_consistency(settings, lines, name, problems)
+        _check_consistency(settings, lines, name, problems, secrets)
     if problems:
         raise SettingsError(problems)
     return settings
 
 
-def _check_consistency(settings: Settings, lines: dict, name: str, problems: list[str]) -> None:
+def _check_consistency(settings: Settings, lines: dict, name: str, problems: list[str], secrets: bool = True) -> None:
     """Rules that span several keys."""
 
     def where(*key: str) -> str:
@@ -523,7 +526,7 @@ def _check_consistency(settings: Settings, lines: dict, name: str, problems: lis
             for key in ("authorize_url", "token_url"):
                 if not o[key] and not o["tenant_id"]:
                     problems.append(f"{where('auth', 'dtu', 'oidc')}: auth.dtu.oidc.{key}: required unless auth.dtu.oidc.tenant_id is set")
-            if not settings.env["LAB_DTU_CLIENT_SECRET"]:
+            if secrets and not settings.env["LAB_DTU_CLIENT_SECRET"]:
                 problems.append("environment: LAB_DTU_CLIENT_SECRET: required for DTU login by OpenID Connect")
         if settings.get("auth.dtu.enabled") and settings.get("auth.dtu.protocol") == "cas":
             if not settings.get("auth.dtu.cas.server_url"):
@@ -532,7 +535,7 @@ def _check_consistency(settings: Settings, lines: dict, name: str, problems: lis
             if not settings.get("auth.github.client_id"):
                 problems.append(f"{where('auth', 'github')}: auth.github.client_id: required for GitHub login"
                                 " (or set auth.github.enabled: false)")
-            if not settings.env["LAB_GITHUB_CLIENT_SECRET"]:
+            if secrets and not settings.env["LAB_GITHUB_CLIENT_SECRET"]:
                 problems.append("environment: LAB_GITHUB_CLIENT_SECRET: required for GitHub login")
     profiles = settings.get("profiles")
     enabled = {n: p for n, p in profiles.items() if p.get("enabled", True)}
@@ -556,11 +559,11 @@ def _check_consistency(settings: Settings, lines: dict, name: str, problems: lis
         problems.append(f"{where('culler', 'max_age')}: culler.max_age: must be 0 (off) or at least culler.every")
 
 
-def load_settings_or_exit(who: str, environ: dict[str, str] | None = None) -> Settings:
-    """For the lab's processes (hub, egress, netguard, demo IdP): the settings, or every problem
-    printed under ``[who]`` and exit status 2, so a bad lab.yaml stops them with a readable message."""
+def load_settings_or_exit(who: str, environ: dict[str, str] | None = None, secrets: bool = True) -> Settings:
+    """For the lab's processes (hub, egress, netguard): the settings, or every problem printed
+    under ``[who]`` and exit status 2, so a bad lab.yaml stops them with a readable message."""
     try:
-        return load_settings(environ=environ)
+        return load_settings(environ=environ, secrets=secrets)
     except SettingsError as error:
         print(f"[{who}] {error}", file=sys.stderr)
         sys.exit(2)

@@ -19,9 +19,11 @@ import html
 import secrets
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlparse
 from xml.sax.saxutils import escape
+
+from peer_base import PeerHandler
 
 TICKETS: dict[str, dict] = {}
 LOCK = threading.Lock()
@@ -39,22 +41,10 @@ def success(user: str, attributes: dict[str, str]) -> str:
             f"    <cas:attributes>{attrs}\n    </cas:attributes>\n  </cas:authenticationSuccess>\n</cas:serviceResponse>\n")
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(PeerHandler):
+    peer = "cas-peer"
     server_version = "cas-peer/1"
     users: set[str] = set()
-
-    def log_message(self, fmt, *args):
-        print(f"[cas-peer] {self.address_string()} {fmt % args}", flush=True)
-
-    def send(self, status: int, body: str, ctype: str, headers=None):
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
 
     def login_page(self, service: str, error: str = "") -> str:
         return ("<!doctype html><title>DTU single sign-on (demo CAS)</title><h1>DTU single sign-on (demo CAS)</h1>"

@@ -22,32 +22,22 @@ import json
 import secrets
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlparse
+
+from peer_base import PeerHandler
 
 CODES: dict[str, dict] = {}
 TOKENS: dict[str, str] = {}
 LOCK = threading.Lock()
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(PeerHandler):
+    peer = "github-peer"
     server_version = "github-peer/1"
     users: dict[str, dict] = {}
     client_id = ""
     client_secret = ""
-
-    def log_message(self, fmt, *args):
-        print(f"[github-peer] {self.address_string()} {fmt % args}", flush=True)
-
-    def send(self, status: int, body: str | bytes, ctype: str = "application/json; charset=utf-8", headers=None):
-        data = body.encode() if isinstance(body, str) else body
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
 
     def form(self) -> dict[str, str]:
         length = int(self.headers.get("Content-Length") or 0)

@@ -100,7 +100,10 @@ def test_dtu_login_by_cas(cas_lab, browser):  # noqa: F811
     page.fill("#password", "any password")
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(f"{lab.url}/hub/**")
+    expect(page.get_by_text("Choose the kind of server to start")).to_be_visible()
     expect(page.get_by_text("s230003").first).to_be_visible()
+    assert "ticket" not in page.url  # the single-use ticket goes no further
+    assert not lab.api("GET", "/users/s230003").json().get("servers")  # and starts nothing
     assert lab.api("GET", "/users/S230003").status_code == 404
     page.goto(f"{lab.url}/hub/logout")
     # Not on the roster: the same refusal page as with OpenID Connect.

@@ -33,7 +33,7 @@ def test_gpu_container_requests_exactly_the_allocated_device(lab, tmp_path):
     path = tmp_path / "lab.yaml"
     path.write_text(TEST_SETTINGS)
     c = Config()
-    apply(c, load_settings(path, environ={"LAB_INSTANCE": "mlops-lab-test", "LAB_COURSE_IMAGE": lab.course_image}))
+    apply(c, load_settings(path, environ={"LAB_INSTANCE": "mlops-lab-test", "LAB_COURSE_IMAGE": lab.course_image}, secrets=False))
     c.CourseSpawner.gpu_state_path = str(tmp_path / "gpu.sqlite")
     spawner = CourseSpawner(config=c, user=User("gpu-probe"), hub=Hub(), _deprecated_db_session=None)
     spawner.user_options = {"profile": "gpu-shared"}

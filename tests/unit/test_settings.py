@@ -168,3 +168,11 @@ def test_renamed_variable_is_named_with_its_new_name(tmp_path):
     [problem] = problems(tmp_path, None, LAB_OIDC_CLIENT_SECRET="x")
     assert problem == ("environment: LAB_OIDC_CLIENT_SECRET is now LAB_DTU_CLIENT_SECRET"
                        " (and lab.yaml auth.dtu.oidc); rename it in .env")
+
+
+def test_egress_and_netguard_load_live_settings_without_the_hub_secrets(tmp_path):
+    """Only the hub gets the client secrets; the firewall and proxy must still start."""
+    text = "auth:\n  demo: false\n  dtu:\n    protocol: cas\n  github:\n    client_id: Iv1.abc\n"
+    assert "LAB_GITHUB_CLIENT_SECRET: required" in "\n".join(problems(tmp_path, text))
+    path = tmp_path / "lab.yaml"
+    assert load_settings(path, environ={}, secrets=False).demo is False
