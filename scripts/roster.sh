@@ -23,7 +23,7 @@ code=$(curl -sS -o "$out" -w '%{http_code}' -X POST \
   --data-binary "@$file" \
   "$url/services/roster/api/import?filename=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$name")&dry_run=$dry") \
   || die "the lab does not answer at $url (is it running? make up)"
-python3 - "$out" "$code" "$file" <<'PY'
+python3 - "$out" "$code" "$file" <<'PY' || exit 1
 import json, sys
 path, code, file = sys.argv[1], sys.argv[2], sys.argv[3]
 try:
