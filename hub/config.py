@@ -179,6 +179,7 @@ def update_spawner(c, settings: Settings) -> None:
     s.http_timeout = settings.get("spawner.http_timeout")
     s.default_url = "/lab"
     env = {}
+    s.require_netguard = settings.get("network.isolate")
     if settings.get("network.isolate"):
         # Direct connections are rejected by netguard; the egress proxy lets allowed hosts through.
         proxy = "http://egress:3128"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import signal
 import subprocess
 import sys
@@ -31,6 +32,9 @@ import docker
 from .settings import load_settings_or_exit
 
 HUB_PORTS = (8000, 8081)
+# Touched after each round in which the rules are in force; the container's health check reads
+# its age, and the hub starts no student server unless netguard is healthy.
+HEARTBEAT = "/tmp/netguard-ok"
 EGRESS_PORT = 3128
 
 
@@ -125,6 +129,8 @@ class Guard:
         ensure_jump("DOCKER-USER", bridge, self.fwd)
         ensure_jump("INPUT", bridge, self.inp)
         self.applied = key
+        with open(HEARTBEAT, "w") as f:
+            f.write(bridge)
 
 
 def check_bridge_netfilter() -> None:
@@ -138,7 +144,17 @@ def check_bridge_netfilter() -> None:
               " sysctl -w net.bridge.bridge-nf-call-iptables=1", file=sys.stderr, flush=True)
 
 
+def healthy(max_age: float = 20.0) -> bool:
+    """For the container's health check: the rules were in force within the last max_age seconds."""
+    try:
+        return time.time() - os.path.getmtime(HEARTBEAT) < max_age
+    except OSError:
+        return False
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--check"]:
+        sys.exit(0 if healthy() else 1)
     settings = load_settings_or_exit("netguard", secrets=False)  # never given the hub's secrets
     guard = Guard(settings.instance, settings.network, settings.get("network.isolate"))
     stopping = False
@@ -155,6 +171,8 @@ def main() -> None:
             try:
                 guard.apply_once()
             except (subprocess.CalledProcessError, docker.errors.DockerException) as e:
+                if os.path.exists(HEARTBEAT):
+                    os.unlink(HEARTBEAT)
                 detail = getattr(e, "stderr", "") or str(e)
                 print(f"[netguard] could not apply rules: {detail}", file=sys.stderr, flush=True)
             for _ in range(10):

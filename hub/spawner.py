@@ -22,7 +22,7 @@ import docker.types
 from dockerspawner import DockerSpawner
 from jupyterhub import orm
 from tornado import web
-from traitlets import Dict, Int, List, Unicode, default
+from traitlets import Bool, Dict, Int, List, Unicode, default
 
 from .gpu import Allocator, Device, NoDeviceConfigured, NoDeviceFree
 from .profiles import Profile, render_form
@@ -123,7 +123,28 @@ class CourseSpawner(DockerSpawner):
         help="SQLite file of GPU allocations and usage (on the hub's state volume).",
     )
 
+    require_netguard = Bool(
+        False,
+        config=True,
+        help="Start no student server unless this lab's netguard (the firewall that isolates them) "
+             "is running and healthy. On whenever network.isolate is: isolation must fail closed.",
+    )
+
     _allocators: dict = {}
+
+    async def check_netguard(self) -> None:
+        """Refuse to start while the firewall is not in force: a server started then would reach
+        other students, the host and the internet."""
+        found = await self.docker("containers", filters={"label": [
+            f"com.docker.compose.project={self.lab_instance}", "com.docker.compose.service=netguard"]})
+        status = found[0]["Status"] if found else "not running"
+        if "(healthy)" not in status:
+            self.log.error("Not starting %s's server: netguard, the lab's firewall, is %s", self.user.name, status)
+            raise web.HTTPError(
+                503,
+                "Servers cannot start right now: the lab's network firewall is not running. "
+                "The operator has been told; please try again in a few minutes.",
+            )
 
     # -- profiles ----------------------------------------------------------------------------
 
@@ -308,6 +329,8 @@ class CourseSpawner(DockerSpawner):
         self.log.warning("Server of %s did not open port %s within %ss", self.user.name, port, self.start_timeout)
 
     async def start(self):
+        if self.require_netguard:
+            await self.check_netguard()
         profile = await self.prepare_profile()
         try:
             ip, port = await super().start()

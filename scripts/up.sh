@@ -39,7 +39,8 @@ docker compose "${profiles[@]}" up -d --remove-orphans
 
 port="${LAB_HTTP_PORT:-8000}"
 for _ in $(seq 1 90); do
-  if curl -fsS "http://127.0.0.1:$port/hub/health" >/dev/null 2>&1; then
+  guard=$(docker compose ps --format '{{.Health}}' netguard 2>/dev/null || true)
+  if curl -fsS "http://127.0.0.1:$port/hub/health" >/dev/null 2>&1 && [ "$guard" = healthy ]; then
     url="${LAB_PUBLIC_URL:-http://localhost:$port}"
     echo
     echo "The lab is running at $url"
@@ -56,5 +57,5 @@ for _ in $(seq 1 90); do
   fi
   sleep 2
 done
-docker compose logs --tail 40 hub >&2 || true
-die "the hub did not answer on port $port within 180 s (its last log lines are above)"
+docker compose logs --tail 40 hub netguard >&2 || true
+die "the hub did not answer on port $port, or netguard (the students' firewall) was not healthy, within 180 s (their last log lines are above)"

@@ -158,6 +158,15 @@ class Lab:
             time.sleep(1)
         raise AssertionError("the hub did not come back after a restart:\n" + self.compose("logs", "--tail", "40", "hub").stdout)
 
+    def wait_netguard_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = docker("inspect", "--format", "{{.State.Health.Status}}", f"{INSTANCE}-netguard-1", check=False).strip()
+            if state == "healthy":
+                return
+            time.sleep(1)
+        raise AssertionError(f"netguard not healthy after {timeout}s:\n" + self.compose("logs", "--tail", "30", "netguard").stdout)
+
     def import_roster(self, text: str | bytes, filename: str = "roster.csv", dry_run: bool = False) -> requests.Response:
         """Import a roster through the roster service's API, as `make roster` does."""
         data = text.encode() if isinstance(text, str) else text
@@ -237,6 +246,7 @@ def lab(tmp_path_factory, lab_settings) -> Lab:
             if time.monotonic() > deadline:
                 raise AssertionError("test lab did not come up:\n" + lab.compose("logs", "--tail", "60").stdout)
             time.sleep(1)
+        lab.wait_netguard_healthy()
         deadline = time.monotonic() + 60
         while (r := lab.import_roster(TEST_ROSTER)).status_code != 200:  # the roster service starts last
             if time.monotonic() > deadline:

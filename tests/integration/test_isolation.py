@@ -163,3 +163,21 @@ def test_pip_works_from_a_student_server(two_containers):
                        capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr
     assert "six-1.17.0" in docker("exec", me, "ls", "/tmp/dl")
+
+
+def test_no_server_starts_while_the_firewall_is_down(lab):
+    """Isolation fails closed: with netguard stopped the hub refuses to start a student's server,
+    says why, and starts it again once netguard is back."""
+    name = lab.new_user("nofw")
+    lab.compose("stop", "netguard")
+    try:
+        r = lab.api("POST", f"/users/{name}/server")
+        assert r.status_code == 503, (r.status_code, r.text)
+        assert "network firewall is not running" in r.json()["message"]
+        assert not lab.api("GET", f"/users/{name}").json()["servers"]
+        assert not docker("ps", "-q", "--filter", f"name={lab.instance}-{name}").strip()
+    finally:
+        lab.compose("start", "netguard")
+        lab.wait_netguard_healthy()
+    lab.start(name)
+    lab.stop(name)

@@ -203,3 +203,10 @@ def test_names_outside_the_pattern_are_still_escaped():
     """Defence in depth: a name the hub should have refused is escaped, never passed raw."""
     assert docker_name("Evil/../name") != "Evil/../name"
     assert "/" not in docker_name("Evil/../name")
+
+
+def test_isolation_requires_the_firewall_before_any_start(tmp_path):
+    """With network.isolate (the default) no server starts unless netguard is healthy."""
+    assert config_for(tmp_path).CourseSpawner.require_netguard is True
+    off = config_for(tmp_path, "network:\n  isolate: false\n")
+    assert off.CourseSpawner.require_netguard is False
