@@ -4,6 +4,7 @@
 #   scripts/test.sh unit     set up the test environment and run the unit tests only
 #   scripts/test.sh setup    only set up the test environment (.venv, Chromium)
 #   scripts/test.sh gpu      on a GPU host: the real-GPU checks of tests/gpu (skipped elsewhere)
+#   scripts/test.sh ansible  the Ansible playbook's lint, converge, idempotence and restore tests
 set -euo pipefail
 trap 'echo "[test] ERROR: unexpected failure at $0 line $LINENO (exit $?)" >&2' ERR
 cd "$(dirname "$0")/.."
@@ -43,6 +44,20 @@ setup() {
   fi
 }
 
+# The Ansible runner has its own environment: ansible-lint's pins must not move the hub's.
+setup_ansible() {
+  local stamp=.venv-ansible/.requirements.sha
+  local want
+  want=$(sha256sum tests/ansible/requirements.txt | cut -c1-16)
+  if [ ! -x .venv-ansible/bin/ansible-playbook ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "creating the Ansible environment (.venv-ansible)"
+    rm -rf .venv-ansible
+    python3 -m venv .venv-ansible
+    .venv-ansible/bin/pip install -q -r tests/ansible/requirements.txt 2> >(grep -v "^WARNING: Location 'file:" >&2)
+    echo "$want" > "$stamp"
+  fi
+}
+
 setup
 [ "$step" = setup ] && exit 0
 
@@ -59,6 +74,13 @@ if [ "$step" = gpu ]; then
   exec .venv/bin/python -m pytest tests/gpu -q -rs -p no:cacheprovider
 fi
 
-say "integration and browser tests (against a separate lab instance, mlops-lab-test)"
-mkdir -p tests/artifacts
-exec .venv/bin/python -m pytest tests/integration tests/browser -q -rs -p no:cacheprovider
+setup_ansible
+mkdir -p tests/artifacts .build
+rm -f tests/artifacts/ansible-converge.log
+if [ "$step" = ansible ]; then
+  say "Ansible playbook: lint, converge against a target container, idempotence, backup and restore"
+  exec .venv/bin/python -m pytest tests/ansible -q -rs -p no:cacheprovider
+fi
+
+say "integration and browser tests (against a separate lab instance, mlops-lab-test), then the Ansible playbook's"
+exec .venv/bin/python -m pytest tests/integration tests/browser tests/ansible -q -rs -p no:cacheprovider

@@ -101,10 +101,10 @@ lab:
             remove_target()
 
 
-def playbook(inventory: Path) -> str:
+def playbook(inventory: Path, *extra: str) -> str:
     env = {**os.environ, "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0",
            "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
-    result = run(str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(ANSIBLE / "site.yml"),
+    result = run(str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), str(ANSIBLE / "site.yml"), *extra,
                  cwd=ANSIBLE, env=env, check=False, timeout=1500)
     (ROOT / "tests" / "artifacts").mkdir(parents=True, exist_ok=True)
     with open(ROOT / "tests" / "artifacts" / "ansible-converge.log", "a") as f:
@@ -150,6 +150,23 @@ def test_converge_then_idempotent_then_backup_and_restore(target_host):
 
     second = playbook(target_host)
     assert recap(second)["changed"] == 0, [l for l in second.splitlines() if l.startswith("changed:")]
+
+    # A change (a profile's memory, the roster) is applied with the least disruption: the settings
+    # file is rewritten and the hub restarted (students' servers outlive that), the roster re-imported;
+    # nothing else is touched.
+    def started(name):
+        return target("docker", "inspect", "--format", "{{.State.StartedAt}}", name).stdout.strip()
+
+    idp_before, hub_before = started("mlops-lab-idp-1"), started("mlops-lab-hub-1")
+    roster = Path(re.search(r"lab_roster_file: (\S+)", target_host.read_text()).group(1))
+    roster.write_text(ROSTER + "s230002,Alan Turing,s230002@student.dtu.dk,,student\n")
+    changed = playbook(target_host, "-e", '{"lab_settings": {"auth": {"demo": true}, "spawner": {"mem_limit": "3G"}}}')
+    assert recap(changed)["changed"] == 3, changed[-3000:]  # lab.yaml, the services' restart, the roster
+    assert "mem_limit: 3G" in target("cat", "/opt/mlops-lab/lab.yaml").stdout
+    assert started("mlops-lab-idp-1") == idp_before and started("mlops-lab-hub-1") != hub_before
+    people = target("curl", "-s", "-H", f"Authorization: token {token}",
+                    "http://127.0.0.1:8000/services/roster/api/roster").stdout
+    assert '"s230002"' in people
 
     # Back up, delete a student's home file, restore it.
     volume = "mlops-lab-home-s230001"
