@@ -55,7 +55,6 @@ class CourseAuthenticator(MultiAuthenticator):
     id_pattern = Unicode(DEFAULT_ID_PATTERN, config=True, help="What a DTU id looks like.")
     id_domains = List(Unicode(), list(DEFAULT_ID_DOMAINS), config=True,
                       help="Domains accepted after an id in a login like s123456@dtu.dk.")
-    intro_html = Unicode("", config=True, help="Shown above the login buttons.")
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -120,11 +119,9 @@ class CourseAuthenticator(MultiAuthenticator):
                 f"href='{url}{{% if next is defined and next|length %}}?next={{{{next|urlencode}}}}{{% endif %}}'>"
                 f"Log in with {html.escape(sub.login_service)}</a>"
             )
-        intro = f"<p class='lab-login-intro'>{self.intro_html}</p>" if self.intro_html else ""
         return (
             "<div class='service-login lab-login'>"
             "<h1>MLOps course lab</h1>"
-            f"{intro}"
             "<div class='d-grid gap-3 col-md-6 mx-auto'>" + "\n".join(buttons) + "</div>"
             "<p class='text-muted mt-3'>Both logins lead to the same server and files. "
             "GitHub works once your GitHub login is on the course roster.</p>"

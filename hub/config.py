@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .profiles import profiles_from_settings
+from .roster import ROLE_GROUPS
 from .settings import Settings
 from .spawner import DOCKER_SAFE_USERNAME, docker_name
 
@@ -48,7 +49,6 @@ def update_hub(c, settings: Settings) -> None:
 
 ROSTER_FILE = "/srv/jupyterhub/roster.json"
 DEMO_ROSTER = str(Path(__file__).with_name("demo-roster.csv"))
-COURSE_GROUPS = {"student": "students", "ta": "tas", "instructor": "instructors"}
 
 
 def auth_providers(settings: Settings) -> list[dict]:
@@ -131,12 +131,12 @@ def update_auth(c, settings: Settings) -> None:
     # Usernames become container and volume names: keep them lower-case.
     c.Authenticator.username_pattern = DOCKER_SAFE_USERNAME.pattern
     # The roster's roles are these groups (kept by the roster service) and these RBAC roles.
-    c.JupyterHub.load_groups = {group: {} for group in COURSE_GROUPS.values()}
+    c.JupyterHub.load_groups = {group: {} for group in ROLE_GROUPS.values()}
 
 
 def course_roles() -> list[dict]:
     """RBAC for the roster's roles. Students keep JupyterHub's default: their own server only."""
-    course = ("students", "tas", "instructors")
+    course = tuple(ROLE_GROUPS.values())
     return [
         {
             "name": "course-instructor",

@@ -31,6 +31,8 @@ from pathlib import Path
 DEFAULT_ID_PATTERN = r"^(s[0-9]{6}|[a-z]{2,8})$"
 DEFAULT_ID_DOMAINS = ("dtu.dk", "student.dtu.dk")
 ROLES = ("student", "ta", "instructor")
+# The hub group of each role; RBAC roles are granted to the groups (hub.config.course_roles).
+ROLE_GROUPS = {"student": "students", "ta": "tas", "instructor": "instructors"}
 
 # Role names, as our own format and DTU Learn (Brightspace, English and Danish) write them.
 ROLE_ALIASES = {

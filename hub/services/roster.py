@@ -32,10 +32,10 @@ from jupyterhub.services.auth import HubOAuthenticated, HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
 from tornado import httpclient, ioloop, web
 
-from hub.roster import DEFAULT_ID_DOMAINS, DEFAULT_ID_PATTERN, Roster, RosterError, RosterStore, diff, parse_roster
+from hub.roster import (DEFAULT_ID_DOMAINS, DEFAULT_ID_PATTERN, ROLE_GROUPS, Roster, RosterError, RosterStore, diff,
+                        parse_roster)
 
 log = logging.getLogger("roster")
-GROUPS = {"student": "students", "ta": "tas", "instructor": "instructors"}
 
 
 class HubAPI:
@@ -73,12 +73,14 @@ class Syncer:
 
     async def sync(self, roster: Roster, previous: Roster | None = None) -> dict:
         """Make the hub's users and course groups match the roster; return what was done."""
-        wanted = {group: {p.id for p in roster.people.values() if GROUPS[p.role] == group} for group in GROUPS.values()}
-        members = {group: await self.group_members(group) for group in GROUPS.values()}
+        wanted = {group: set() for group in ROLE_GROUPS.values()}
+        for person in roster.people.values():
+            wanted[ROLE_GROUPS[person.role]].add(person.id)
+        members = {group: await self.group_members(group) for group in ROLE_GROUPS.values()}
         names = sorted(roster.people)
         for i in range(0, len(names), 200):
             await self.api.call("POST", "/users", {"usernames": names[i:i + 200]}, ok=(201, 409))
-        for group in GROUPS.values():
+        for group in ROLE_GROUPS.values():
             add = sorted(wanted[group] - members[group])
             drop = sorted(members[group] - wanted[group])
             if add:
