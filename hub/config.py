@@ -6,8 +6,10 @@ configurer). ``jupyterhub_config.py`` calls ``apply`` and nothing else.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 from .profiles import profiles_from_settings
 from .roster import ROLE_GROUPS
@@ -142,7 +144,8 @@ def course_roles() -> list[dict]:
             "name": "course-instructor",
             "description": "Instructors: administer the course's users and servers, reload the roster.",
             "scopes": ["admin-ui", "list:users", "read:users", "read:groups", "list:groups", "read:roles:users",
-                       "access:services!service=roster", "access:services!service=gpu-usage"]
+                       "access:services!service=roster", "access:services!service=gpu-usage",
+                       "access:services!service=course", "access:services!service=formgrader"]
             + [f"{scope}!group={g}" for g in course for scope in ("admin:users", "admin:servers", "access:servers")],
             "groups": ["instructors"],
         },
@@ -150,8 +153,15 @@ def course_roles() -> list[dict]:
             "name": "course-ta",
             "description": "Teaching assistants: open students' servers to help.",
             "scopes": ["admin-ui", "list:users!group=students", "read:users!group=students",
-                       "read:servers!group=students", "access:servers!group=students"],
+                       "read:servers!group=students", "access:servers!group=students",
+                       "access:services!service=course", "access:services!service=formgrader"],
             "groups": ["tas"],
+        },
+        {
+            "name": "course-member",
+            "description": "Everyone on the roster: the assignment exchange (fetch, submit, feedback).",
+            "scopes": ["access:services!service=course"],
+            "groups": list(course),
         },
     ]
 
@@ -186,8 +196,13 @@ def update_spawner(c, settings: Settings) -> None:
         no_proxy = "hub,localhost,127.0.0.1"
         env.update({"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
                     "NO_PROXY": no_proxy, "no_proxy": no_proxy})
+    # The Assignments panel's exchange: the course service, through the proxy, with this server's token.
+    hub_host = urlparse(settings.env["LAB_HUB_CONNECT_URL"]).hostname or "hub"
+    env["LAB_COURSE_URL"] = f"http://{hub_host}:8000/services/course/"
     env.update(settings.get("spawner.environment"))
     s.environment = env
+    # The server's own token may also reach the course service (for people whose roster role allows it).
+    s.server_token_scopes = ["users:activity!user", "access:servers!server", "access:services!service=course"]
     s.extra_create_kwargs = {
         "labels": {"mlops-lab.instance": settings.instance, "mlops-lab.role": "student-server"},
     }
@@ -266,6 +281,7 @@ def update_services(c, settings: Settings) -> None:
         "scopes": ["admin:users", "admin:groups", "admin:servers", "tokens", "list:users", "read:users"],
         "services": ["roster"],
     })
+    services.extend(course_services(settings))
     roles.extend(course_roles())
     token = settings.env["LAB_ADMIN_API_TOKEN"]
     if token:
@@ -279,3 +295,44 @@ def update_services(c, settings: Settings) -> None:
         })
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
+
+
+COURSE_ROOT = "/srv/course"
+COURSE_SRC = "/srv/lab/course"
+
+
+def course_services(settings: Settings) -> list[dict]:
+    """The course service (exchange, calendar, sandboxed grading, dashboard, export) and the
+    formgrader for staff; both appear in the hub's Services menu for instructors and TAs."""
+    grading = dict(settings.get("grading"))
+    env = {
+        "LAB_COURSE_ROOT": COURSE_ROOT,
+        "LAB_COURSE_SRC": COURSE_SRC,
+        "LAB_COURSE_IMAGE": settings.env["LAB_COURSE_IMAGE"],
+        "LAB_GRADING": json.dumps(grading),
+        "LAB_OPERATORS": ",".join(settings.get("auth.admin_users")),
+        "ROSTER_FILE": ROSTER_FILE,
+    }
+    gradebook = settings.env.get("LAB_GRADEBOOK_URL") or grading["gradebook_url"]
+    grader_env = {"LAB_COURSE_ROOT": COURSE_ROOT, "LAB_COURSE_SRC": COURSE_SRC, "LAB_GRADEBOOK_URL": gradebook}
+    env["LAB_GRADEBOOK_URL"] = gradebook
+    return [
+        {
+            "name": "course",
+            "url": "http://127.0.0.1:10103",
+            "command": [sys.executable, "-m", "hub.services.course"],
+            "environment": env,
+            "oauth_no_confirm": True,
+        },
+        {
+            "name": "formgrader",
+            "url": "http://127.0.0.1:10105",
+            "command": ["jupyterhub-singleuser"],
+            "user": "grader",
+            "cwd": "/srv/lab/formgrader",
+            "environment": {**grader_env, "JUPYTER_CONFIG_PATH": "/srv/lab/formgrader", "JUPYTER_CONFIG_DIR": "/tmp/formgrader-config",
+                            "JUPYTER_RUNTIME_DIR": "/tmp/formgrader-runtime", "HOME": f"{COURSE_ROOT}/state/home",
+                            "JUPYTERHUB_DEFAULT_URL": "/formgrader"},
+            "oauth_no_confirm": True,
+        },
+    ]

@@ -55,6 +55,8 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "LAB_ADMIN_API_TOKEN": (None, "Secret: API token of the lab-admin service, for automation."),
     "LAB_DTU_CLIENT_SECRET": (None, "Secret: client secret of the hub's app registration in DTU's Entra ID."),
     "LAB_GITHUB_CLIENT_SECRET": (None, "Secret: client secret of the hub's GitHub OAuth app."),
+    "LAB_GRADEBOOK_URL": (None, "Secret: a PostgreSQL URL (postgresql://user:password@host/db) for the nbgrader "
+                          "gradebook; default: SQLite on the course-data volume (grading.gradebook_url)."),
     "LAB_SETTINGS_FILE": (DEFAULT_SETTINGS_FILE, "Path of the operator settings file inside the hub."),
 }
 
@@ -149,6 +151,20 @@ DEFAULTS: dict[str, Any] = {
     },
     "gpus": {
         "devices": [],
+    },
+    "grading": {
+        "calendar": True,
+        "grace_minutes": 0,
+        "auto_grade": True,
+        "auto_feedback": True,
+        "workers": 0,
+        "cpus": 1.0,
+        "mem_limit": "1G",
+        "pids_limit": 128,
+        "wall_seconds": 900,
+        "cell_timeout": 300,
+        "gradebook_url": "sqlite:////srv/course/nbgrader/gradebook.db",
+        "test_clock": False,
     },
     "network": {
         "isolate": True,
@@ -290,6 +306,25 @@ SCHEMA: dict[str, Any] = {
                     "cpu_limit": {"type": "number", "exclusiveMinimum": 0},
                     "idle_timeout": {"type": "integer", "minimum": 10},
                 },
+            },
+        },
+        "grading": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "calendar": {"type": "boolean"},
+                "grace_minutes": {"type": "integer", "minimum": 0},
+                "auto_grade": {"type": "boolean"},
+                "auto_feedback": {"type": "boolean"},
+                "workers": {"type": "integer", "minimum": 0, "maximum": 256},
+                "cpus": {"type": "number", "exclusiveMinimum": 0},
+                "mem_limit": _size,
+                "pids_limit": {"type": "integer", "minimum": 32},
+                "wall_seconds": {"type": "integer", "minimum": 30},
+                "cell_timeout": {"type": "integer", "minimum": 5},
+                "gradebook_url": {"type": "string", "pattern": r"^(sqlite:////|postgresql(\+psycopg2)?://)",
+                                  "description": "sqlite:////path or postgresql://user@host/db"},
+                "test_clock": {"type": "boolean"},
             },
         },
         "network": {

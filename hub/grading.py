@@ -1,0 +1,421 @@
+"""Grading: nbgrader configured for the lab, autograding in sandboxes with N workers that can be
+resumed, collecting, feedback, and the grades export. Runs as the ``grader`` user in the hub
+container (``python -m hub.grading ...``; ``make autograde`` and friends call it, and so does
+the course service's calendar).
+
+nbgrader does the grading itself: it restores the original test cells, scores the outputs and
+keeps the gradebook. We change one step: instead of its ``Execute`` preprocessor, which runs
+student code in nbgrader's own process, ``SandboxExecute`` sends the notebook to the course
+service, which runs it in a throw-away container (``hub.sandbox``). The grader user has no
+Docker access; only the course service does. nbgrader's ``autograde`` is serial and, if stopped,
+cannot tell a half-done submission from a done one; ``autograde_all`` runs one nbgrader
+autograde per submission in N worker processes and keeps a ledger (submission timestamp, score,
+reason) written after each one, so a rerun skips exactly what is done.
+
+Commands::
+
+    python -m hub.grading release ASSIGNMENT [--force]    generate, set the due date, release
+    python -m hub.grading collect ASSIGNMENT [--before-due]
+    python -m hub.grading autograde ASSIGNMENT [--workers N] [--force] [--collect]
+    python -m hub.grading feedback ASSIGNMENT             generate and release feedback
+    python -m hub.grading deadline ASSIGNMENT             what the calendar runs after the due time
+    python -m hub.grading grades [--out FILE]             the grades CSV
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import io
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+COURSE_ROOT = Path(os.environ.get("LAB_COURSE_ROOT", "/srv/course"))
+COURSE_SRC = Path(os.environ.get("LAB_COURSE_SRC", "/srv/lab/course"))
+SANDBOX_URL = os.environ.get("LAB_SANDBOX_URL", "http://127.0.0.1:10104")
+SANDBOX_TOKEN_FILE = COURSE_ROOT / "state" / "sandbox-token"
+
+log = logging.getLogger("grading")
+
+
+def coursedir_root() -> Path:
+    return COURSE_ROOT / "nbgrader"
+
+
+def ledger_path(assignment: str) -> Path:
+    return COURSE_ROOT / "state" / "grading" / f"{assignment}.json"
+
+
+def gradebook_url() -> str:
+    url = os.environ.get("LAB_GRADEBOOK_URL") or f"sqlite:///{coursedir_root()}/gradebook.db"
+    if url.startswith("sqlite:") and "timeout=" not in url:
+        # Parallel workers write one SQLite file: wait for the lock rather than fail.
+        url += ("&" if "?" in url else "?") + "timeout=120"
+    return url
+
+
+def lab_config():
+    """nbgrader's configuration for the lab: the course's own nbgrader_config.py (from the hub
+    image, never from the writable course folder), then our paths, exchange and sandbox."""
+    from traitlets.config import Config
+    from traitlets.config.loader import PyFileConfigLoader
+
+    c = Config()
+    course_config = COURSE_SRC / "nbgrader_config.py"
+    if course_config.is_file():
+        c.merge(PyFileConfigLoader(course_config.name, str(course_config.parent)).load_config())
+    c.CourseDirectory.root = str(coursedir_root())
+    c.CourseDirectory.db_url = gradebook_url()
+    c.LabExchange.root = str(COURSE_ROOT / "exchange")
+    c.ExchangeFactory.release_assignment = "hub.exchange.StaffReleaseAssignment"
+    c.ExchangeFactory.collect = "hub.exchange.StaffCollect"
+    c.ExchangeFactory.release_feedback = "hub.exchange.StaffReleaseFeedback"
+    c.ExchangeFactory.list = "hub.exchange.StaffList"
+    from nbconvert.preprocessors import ClearMetadataPreprocessor
+    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput,
+                                        SaveAutoGrades)
+    c.Autograde.autograde_preprocessors = [SandboxExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+                                           SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+    return c
+
+
+# -- the sandboxed executor ---------------------------------------------------------------------
+
+REASONS: list[str] = []  # what the sandbox reported for the notebooks this process graded
+
+
+def _sandbox_preprocessor_base():
+    from nbgrader.preprocessors import NbGraderPreprocessor
+    return NbGraderPreprocessor
+
+
+class SandboxExecute(_sandbox_preprocessor_base()):
+    """nbgrader's Execute step, done by the course service in a sandbox container."""
+
+    def preprocess(self, nb, resources):
+        import nbformat
+        import requests
+
+        token = SANDBOX_TOKEN_FILE.read_text().strip()
+        meta = resources.get("nbgrader", {})
+        label = f"{meta.get('assignment', '?')}/{meta.get('student', '?')}/{meta.get('notebook', '?')}"
+        response = requests.post(f"{SANDBOX_URL}/run", json={"notebook": nb, "label": label},
+                                 headers={"Authorization": f"token {token}"}, timeout=3600)
+        if response.status_code != 200:
+            raise RuntimeError(f"the sandbox service answered {response.status_code}: {response.text[:300]}")
+        data = response.json()
+        if data.get("reason"):
+            REASONS.append(f"{meta.get('notebook', '?')}: {data['reason']}")
+        return nbformat.from_dict(data["notebook"]), resources
+
+
+# -- staff operations ---------------------------------------------------------------------------
+
+def api():
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    config = lab_config()
+    return NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+
+
+def calendar():
+    from .coursecal import load_calendar
+    return load_calendar(COURSE_SRC / "calendar.yaml")
+
+
+def store():
+    from .exchange import ExchangeStore
+    return ExchangeStore(COURSE_ROOT / "exchange")
+
+
+def _check(result: dict, what: str) -> None:
+    if not result.get("success"):
+        raise RuntimeError(f"{what} failed:\n{(result.get('log') or '')[-2000:]}\n{(result.get('error') or '')[-2000:]}")
+
+
+def release(assignment: str, force: bool = False) -> None:
+    """Generate the student version from source, give the gradebook its due date, release it."""
+    from nbgrader.api import Gradebook
+
+    a = api()
+    _check(a.generate_assignment(assignment, force=True, create=True), f"generating {assignment}")
+    entry = calendar().get(assignment)
+    if entry is not None:
+        with Gradebook(gradebook_url()) as gb:
+            gb.update_or_create_assignment(assignment, duedate=entry.due.astimezone(dt.timezone.utc).replace(tzinfo=None))
+    if force:
+        store().unrelease(assignment)
+    _check(a.release_assignment(assignment), f"releasing {assignment}")
+    log.info("released %s", assignment)
+
+
+def collect(assignment: str, before_due: bool = False) -> list[str]:
+    from nbgrader.coursedir import CourseDirectory
+
+    from .exchange import collect as collect_into
+
+    before = None
+    if before_due:
+        entry = calendar().get(assignment)
+        if entry is not None:
+            before = entry.due + dt.timedelta(minutes=int(os.environ.get("LAB_GRACE_MINUTES", "0")))
+    coursedir = CourseDirectory(config=lab_config())
+    changed = collect_into(store(), coursedir, assignment, before=before, log=log)
+    log.info("collected %s: %d new or updated submission(s)", assignment, len(changed))
+    return changed
+
+
+def submitted(assignment: str) -> dict[str, str]:
+    """student -> timestamp of their collected submission."""
+    base = coursedir_root() / "submitted"
+    out = {}
+    for stamp in sorted(base.glob(f"*/{assignment}/timestamp.txt")):
+        out[stamp.parent.parent.name] = stamp.read_text().strip()
+    return out
+
+
+def read_ledger(assignment: str) -> dict:
+    path = ledger_path(assignment)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_ledger(assignment: str, ledger: dict) -> None:
+    path = ledger_path(assignment)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ledger, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _grade_one(assignment: str, student: str) -> dict:
+    """Worker: nbgrader autograde of one submission (its notebooks run in the sandbox)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    REASONS.clear()
+    started = time.monotonic()
+    result = api().autograde(assignment, student, force=True, create=True)
+    entry = {"status": "graded" if result.get("success") else "failed", "reason": "; ".join(REASONS),
+             "seconds": round(time.monotonic() - started, 2), "score": None, "max_score": None}
+    if not result.get("success"):
+        text = (result.get("error") or result.get("log") or "").strip().splitlines()
+        entry["reason"] = entry["reason"] or (text[-1] if text else "nbgrader autograde failed")
+    else:
+        try:
+            with Gradebook(gradebook_url()) as gb:
+                sub = gb.find_submission(assignment, student)
+                entry["score"], entry["max_score"] = float(sub.score), float(sub.max_score)
+        except MissingEntry:
+            pass
+    return entry
+
+
+def autograde_all(assignment: str, workers: int = 0, force: bool = False, progress: bool = False,
+                  on_done=None) -> dict:
+    """Autograde every collected submission of ``assignment`` that the ledger does not already
+    hold for the same submission; ``workers`` processes at once (0: one per core)."""
+    from nbgrader.api import Gradebook
+
+    workers = workers or os.cpu_count() or 1
+    subs = submitted(assignment)
+    ledger = read_ledger(assignment)
+    todo = [s for s in sorted(subs) if force or ledger.get(s, {}).get("timestamp") != subs[s]
+            or ledger[s].get("status") != "graded"]
+    done_before = len(subs) - len(todo)
+    if done_before:
+        log.info("%s: %d of %d submission(s) already graded; grading the other %d",
+                 assignment, done_before, len(subs), len(todo))
+    with Gradebook(gradebook_url()):  # create the gradebook's tables once, before the workers
+        pass
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(subs), initial=done_before, desc=f"autograde {assignment}", unit="submission",
+                   file=sys.stderr, dynamic_ncols=True)
+    failed = 0
+    if todo:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
+            futures = {pool.submit(_grade_one, assignment, s): s for s in todo}
+            for future in as_completed(futures):
+                student = futures[future]
+                try:
+                    entry = future.result()
+                except Exception as exc:  # the worker itself broke: retried on the next run
+                    entry = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "score": None,
+                             "max_score": None, "seconds": None}
+                entry.update(timestamp=subs[student], graded_at=dt.datetime.now(dt.timezone.utc).isoformat())
+                ledger[student] = entry
+                write_ledger(assignment, ledger)
+                if entry["status"] != "graded":
+                    failed += 1
+                message = f"{assignment}/{student}: {entry['status']}"
+                if entry["score"] is not None:
+                    message += f", {entry['score']:g} of {entry['max_score']:g} points"
+                if entry["reason"]:
+                    message += f" ({entry['reason']})"
+                (log.warning if entry["reason"] else log.info)(message)
+                if bar is not None:
+                    bar.update(1)
+                    if entry["reason"]:
+                        bar.write(message)
+                if on_done:
+                    on_done(student, entry)
+    if bar is not None:
+        bar.close()
+    return {"assignment": assignment, "submissions": len(subs), "graded_now": len(todo) - failed,
+            "already_graded": done_before, "failed": failed}
+
+
+def feedback(assignment: str) -> list[str]:
+    from nbgrader.coursedir import CourseDirectory
+
+    from .exchange import release_feedback
+
+    if not any((coursedir_root() / "autograded").glob(f"*/{assignment}")):
+        log.info("no autograded submissions of %s: no feedback to release", assignment)
+        return []
+    a = api()
+    _check(a.generate_feedback(assignment, force=True), f"generating feedback for {assignment}")
+    released = release_feedback(store(), CourseDirectory(config=lab_config()), assignment, log=log)
+    log.info("feedback released for %s: %d student(s)", assignment, len(released))
+    return released
+
+
+def deadline(assignment: str, auto_feedback: bool, workers: int) -> dict:
+    """After the due time (plus grace): collect what came in on time, autograde, feedback."""
+    collect(assignment, before_due=True)
+    summary = autograde_all(assignment, workers=workers)
+    if auto_feedback:
+        summary["feedback_released"] = len(feedback(assignment))
+    return summary
+
+
+def roster_people() -> dict:
+    path = Path(os.environ.get("ROSTER_FILE", "/srv/jupyterhub/roster.json"))
+    try:
+        from .roster import Roster
+        return Roster.from_json(path.read_text()).people
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def grades_rows() -> tuple[list[str], list[list]]:
+    """The export: one row per student, each assignment's score, total, and the pass rule."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    cal = calendar()
+    people = roster_people()
+    students = {pid for pid, p in people.items() if p.role == "student"}
+    with Gradebook(gradebook_url()) as gb:
+        maxima = {}
+        for name in cal.assignments:
+            try:
+                maxima[name] = float(gb.find_assignment(name).max_score)
+            except MissingEntry:
+                maxima[name] = None
+        students |= {s.id for s in gb.students}
+        header = ["student_id", "name", "email"]
+        header += [f"{n} (of {maxima[n]:g})" if maxima[n] else f"{n} (not released)" for n in cal.assignments]
+        header += ["total", "core modules passed", "result"]
+        rows = []
+        for sid in sorted(students):
+            person = people.get(sid)
+            row = [sid, getattr(person, "name", "") or "", getattr(person, "email", "") or ""]
+            fractions, total = {}, 0.0
+            for name in cal.assignments:
+                try:
+                    score = float(gb.find_submission(name, sid).score)
+                except MissingEntry:
+                    score = 0.0 if maxima[name] else None
+                row.append("" if score is None else f"{score:g}")
+                total += score or 0.0
+                if maxima[name]:
+                    fractions[name] = (score or 0.0) / maxima[name]
+            core = [a for a in cal.assignments.values() if a.core]
+            passed_core = sum(1 for a in core if fractions.get(a.name, 0.0) >= cal.core_min_fraction)
+            row += [f"{total:g}", f"{passed_core} of {len(core)}", "passed" if cal.passed(fractions) else "not passed"]
+            rows.append(row)
+    return header, rows
+
+
+def grades_csv() -> str:
+    header, rows = grades_rows()
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hub.grading", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("release", help="generate, set the due date and release an assignment")
+    p.add_argument("assignment")
+    p.add_argument("--force", action="store_true", help="replace an assignment already released")
+    p = sub.add_parser("collect", help="collect the latest submissions")
+    p.add_argument("assignment")
+    p.add_argument("--before-due", action="store_true", help="only submissions up to the due time (plus grace)")
+    p = sub.add_parser("autograde", help="autograde collected submissions in sandboxes, N at once")
+    p.add_argument("assignment")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("LAB_GRADING_WORKERS", "0")),
+                   help="parallel workers (default: grading.workers, 0 = one per core)")
+    p.add_argument("--force", action="store_true", help="grade again what the ledger says is done")
+    p.add_argument("--collect", action="store_true", help="collect the latest submissions first")
+    p = sub.add_parser("feedback", help="generate and release feedback")
+    p.add_argument("assignment")
+    p = sub.add_parser("deadline", help="collect on-time submissions, autograde, feedback (the calendar's job)")
+    p.add_argument("assignment")
+    p.add_argument("--no-feedback", action="store_true")
+    p.add_argument("--workers", type=int, default=int(os.environ.get("LAB_GRADING_WORKERS", "0")))
+    p = sub.add_parser("grades", help="the grades CSV: every student, every assignment, pass/not passed")
+    p.add_argument("--out", help="write to this file (default: stdout)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[grading] %(message)s", stream=sys.stderr)
+    # nbgrader's gradebook code trips SQLAlchemy's autoflush warnings on every autograde; they are noise.
+    warnings.filterwarnings("ignore", message=".*not in session.*")
+    from .exchange import ExchangeRefused, ExchangeStore
+    try:
+        if args.command in ("release", "collect", "autograde", "feedback", "deadline"):
+            ExchangeStore.check(assignment=args.assignment)
+            if calendar().get(args.assignment) is None and not (coursedir_root() / "source" / args.assignment).is_dir():
+                raise ExchangeRefused(f"no assignment {args.assignment!r} in course/calendar.yaml or the course's source")
+        if args.command == "release":
+            release(args.assignment, force=args.force)
+        elif args.command == "collect":
+            collect(args.assignment, before_due=args.before_due)
+        elif args.command == "autograde":
+            if args.collect:
+                collect(args.assignment)
+            summary = autograde_all(args.assignment, workers=args.workers, force=args.force, progress=True)
+            print(json.dumps(summary))
+        elif args.command == "feedback":
+            feedback(args.assignment)
+        elif args.command == "deadline":
+            print(json.dumps(deadline(args.assignment, not args.no_feedback, args.workers)))
+        elif args.command == "grades":
+            text = grades_csv()
+            if args.out:
+                Path(args.out).write_text(text)
+            else:
+                sys.stdout.write(text)
+    except (ExchangeRefused, RuntimeError) as exc:
+        print(f"[grading] ERROR: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Run one notebook in a throw-away sandbox container from the course image.
+
+The course service calls ``run_notebook`` for every notebook it grades (scheduled grading,
+``make autograde``, the formgrader's buttons all end here). The container gets:
+
+- no network at all (``network_mode: none``), no volumes, a read-only root file system, and
+  size-limited tmpfs for ``/tmp`` and the home folder;
+- CPU, memory (swap included) and process-count limits, all capabilities dropped and
+  ``no-new-privileges``;
+- a wall-time limit, after which it is killed.
+
+The notebook goes in on stdin and comes back on stdout (``images/course/lab-sandbox-exec``), so
+the container never sees another submission, the gradebook or any file of the host. Whatever
+goes wrong (a kill at the wall time, a dead kernel, an unreadable result) the caller gets a
+notebook whose code cells carry an error naming the reason, so the tests score 0 and the reason
+is in the gradebook's output and in the log.
+
+Ours because nbgrader has no sandbox: its executor runs student code in its own process.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+import docker
+import nbformat
+from docker.types import LogConfig
+
+log = logging.getLogger("sandbox")
+
+MARKER = b"==MLOPS-LAB-SANDBOX-RESULT=="
+EXEC = "/usr/local/bin/lab-sandbox-exec"
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpus: float = 1.0
+    mem: str = "1g"
+    pids: int = 128
+    wall_seconds: int = 600
+    cell_timeout: int = 300
+    tmpfs: str = "256m"
+
+    def describe(self) -> str:
+        return f"{self.cpus:g} CPU, {self.mem} memory, {self.pids} processes, {self.wall_seconds} s"
+
+
+@dataclass
+class Result:
+    notebook: nbformat.NotebookNode
+    reason: str
+    seconds: float
+
+
+def error_output(ename: str, evalue: str) -> nbformat.NotebookNode:
+    return nbformat.v4.new_output("error", ename=ename, evalue=evalue,
+                                  traceback=[f"\x1b[0;31m{ename}\x1b[0m: {evalue}"])
+
+
+def failed(nb: nbformat.NotebookNode, reason: str) -> nbformat.NotebookNode:
+    """The notebook with every code cell failed for ``reason`` (so every test scores 0)."""
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [error_output("SandboxError", reason)]
+    return nb
+
+
+def _send_stdin(container, payload: bytes) -> None:
+    sock = container.attach_socket(params={"stdin": 1, "stream": 1})
+    raw = getattr(sock, "_sock", sock)
+    try:
+        raw.sendall(payload)
+        try:
+            raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+    finally:
+        raw.close()
+
+
+def parse_output(stdout: bytes) -> dict | None:
+    at = stdout.rfind(MARKER)
+    if at < 0:
+        return None
+    try:
+        return json.loads(base64.b64decode(stdout[at + len(MARKER):].strip(), validate=True).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        return None
+
+
+def run_notebook(nb: nbformat.NotebookNode, image: str, limits: Limits, label: str = "",
+                 labels: dict | None = None, client: docker.DockerClient | None = None) -> Result:
+    """Execute ``nb`` in a sandbox; never raises for what the notebook does."""
+    client = client or docker.from_env(timeout=120)
+    payload = json.dumps({"notebook": nb, "cell_timeout": limits.cell_timeout,
+                          "limits": limits.describe()}).encode("utf-8")
+    name = f"mlops-lab-sandbox-{uuid.uuid4().hex[:12]}"
+    started = time.monotonic()
+    container = client.containers.create(
+        image, [EXEC], name=name, entrypoint=[], stdin_open=True, detach=False,  # detach=False: StdinOnce, so closing stdin ends it
+        network_mode="none", read_only=True, user="1000:1000", working_dir="/home/jovyan",
+        environment={"HOME": "/home/jovyan", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg"},
+        tmpfs={"/tmp": f"size={limits.tmpfs},mode=1777", "/home/jovyan": f"size={limits.tmpfs},uid=1000,gid=1000"},
+        nano_cpus=int(limits.cpus * 1e9), mem_limit=limits.mem, memswap_limit=limits.mem, pids_limit=limits.pids,
+        cap_drop=["ALL"], security_opt=["no-new-privileges:true"], ipc_mode="private",
+        log_config=LogConfig(type="json-file", config={"max-size": "64m", "max-file": "1"}),
+        labels={"mlops-lab.role": "autograde-sandbox", **(labels or {})},
+    )
+    reason = ""
+    try:
+        sender = threading.Thread(target=_send_stdin, args=(container, payload), daemon=True)
+        sender.start()
+        container.start()
+        sender.join(30)
+        try:
+            status = container.wait(timeout=limits.wall_seconds)
+        except Exception:  # requests' ReadTimeout: past the wall time
+            container.kill()
+            status = None
+            reason = f"stopped after the {limits.wall_seconds} s wall-time limit ({limits.describe()})"
+        stdout = container.logs(stdout=True, stderr=False)
+        state = container.attrs.get("State", {}) if status else {}
+        if status is not None:
+            container.reload()
+            state = container.attrs.get("State", {})
+        data = parse_output(stdout) if not reason else None
+        if data is None and not reason:
+            if state.get("OOMKilled"):
+                reason = f"killed at the memory limit ({limits.describe()})"
+            else:
+                tail = container.logs(stdout=False, stderr=True, tail=5).decode("utf-8", "replace").strip()
+                reason = f"the sandbox gave no result (exit {status and status.get('StatusCode')}): {tail[-400:]}"
+    finally:
+        try:
+            container.remove(force=True)
+        except docker.errors.APIError:
+            pass
+    seconds = round(time.monotonic() - started, 3)
+    if reason:
+        log.warning("sandbox %s: %s", label or name, reason)
+        return Result(failed(nb, reason), reason, seconds)
+    out = nbformat.from_dict(data["notebook"])
+    if data.get("reason"):
+        log.warning("sandbox %s: %s", label or name, data["reason"])
+    return Result(out, data.get("reason", ""), seconds)

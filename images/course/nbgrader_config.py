@@ -1,0 +1,9 @@
+# nbgrader in students' servers: the Assignments panel talks to the lab's course service.
+c = get_config()  # noqa: F821
+import os
+
+c.CourseDirectory.course_id = os.environ.get("LAB_COURSE_ID", "mlops-02476")
+c.ExchangeFactory.list = "lab_exchange.LabList"
+c.ExchangeFactory.fetch_assignment = "lab_exchange.LabFetchAssignment"
+c.ExchangeFactory.submit = "lab_exchange.LabSubmit"
+c.ExchangeFactory.fetch_feedback = "lab_exchange.LabFetchFeedback"

@@ -1,0 +1,16 @@
+# The formgrader service (instructors and TAs, at /services/formgrader/): nbgrader's formgrader
+# over the course folder, with no kernels, no terminals and a read-only contents API
+# (hub/formgrader.py says why).
+c = get_config()  # noqa: F821
+
+c.ServerApp.root_dir = "/srv/course/nbgrader"
+c.ServerApp.default_url = "/formgrader"
+c.ServerApp.terminals_enabled = False
+c.ServerApp.contents_manager_class = "hub.formgrader.ReadOnlyContentsManager"
+c.KernelSpecManager.allowed_kernelspecs = {"no-kernels-in-the-formgrader"}
+c.ServerApp.jpserver_extensions = {
+    "nbgrader.server_extensions.formgrader": True,
+    "nbgrader.server_extensions.assignment_list": False,
+    "nbgrader.server_extensions.course_list": False,
+    "nbgrader.server_extensions.validate_assignment": False,
+}
