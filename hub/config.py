@@ -309,13 +309,14 @@ def course_services(settings: Settings) -> list[dict]:
         "LAB_COURSE_ROOT": COURSE_ROOT,
         "LAB_COURSE_SRC": COURSE_SRC,
         "LAB_COURSE_IMAGE": settings.env["LAB_COURSE_IMAGE"],
+        "LAB_INSTANCE": settings.instance,
         "LAB_GRADING": json.dumps(grading),
         "LAB_OPERATORS": ",".join(settings.get("auth.admin_users")),
         "ROSTER_FILE": ROSTER_FILE,
     }
-    gradebook = settings.env.get("LAB_GRADEBOOK_URL") or grading["gradebook_url"]
-    grader_env = {"LAB_COURSE_ROOT": COURSE_ROOT, "LAB_COURSE_SRC": COURSE_SRC, "LAB_GRADEBOOK_URL": gradebook}
-    env["LAB_GRADEBOOK_URL"] = gradebook
+    grader_env = {"LAB_COURSE_ROOT": COURSE_ROOT, "LAB_COURSE_SRC": COURSE_SRC}
+    if settings.env.get("LAB_GRADEBOOK_URL"):
+        grader_env["LAB_GRADEBOOK_URL"] = env["LAB_GRADEBOOK_URL"] = settings.env["LAB_GRADEBOOK_URL"]
     return [
         {
             "name": "course",

@@ -199,6 +199,21 @@ def write_ledger(assignment: str, ledger: dict) -> None:
     os.replace(tmp, path)
 
 
+def first_errors(assignment: str, student: str) -> str:
+    """The first error of each graded notebook, as the instructor log and the dashboard show it."""
+    import nbformat
+
+    found = []
+    for path in sorted((coursedir_root() / "autograded" / student / assignment).glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for index, cell in enumerate(nb.cells):
+            errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+            if errors:
+                found.append(f"{path.stem}: cell {index}: {errors[0].get('ename')}: {str(errors[0].get('evalue'))[:200]}")
+                break
+    return "; ".join(found)
+
+
 def _grade_one(assignment: str, student: str) -> dict:
     """Worker: nbgrader autograde of one submission (its notebooks run in the sandbox)."""
     from nbgrader.api import Gradebook, MissingEntry
@@ -212,6 +227,7 @@ def _grade_one(assignment: str, student: str) -> dict:
         text = (result.get("error") or result.get("log") or "").strip().splitlines()
         entry["reason"] = entry["reason"] or (text[-1] if text else "nbgrader autograde failed")
     else:
+        entry["errors"] = first_errors(assignment, student)
         try:
             with Gradebook(gradebook_url()) as gb:
                 sub = gb.find_submission(assignment, student)
@@ -265,6 +281,8 @@ def autograde_all(assignment: str, workers: int = 0, force: bool = False, progre
                     message += f", {entry['score']:g} of {entry['max_score']:g} points"
                 if entry["reason"]:
                     message += f" ({entry['reason']})"
+                elif entry.get("errors") and not entry["score"]:
+                    message += f" (first error: {entry['errors']})"
                 (log.warning if entry["reason"] else log.info)(message)
                 if bar is not None:
                     bar.update(1)

@@ -56,7 +56,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "LAB_DTU_CLIENT_SECRET": (None, "Secret: client secret of the hub's app registration in DTU's Entra ID."),
     "LAB_GITHUB_CLIENT_SECRET": (None, "Secret: client secret of the hub's GitHub OAuth app."),
     "LAB_GRADEBOOK_URL": (None, "Secret: a PostgreSQL URL (postgresql://user:password@host/db) for the nbgrader "
-                          "gradebook; default: SQLite on the course-data volume (grading.gradebook_url)."),
+                          "gradebook; default: SQLite on the course-data volume (/srv/course/nbgrader/gradebook.db)."),
     "LAB_SETTINGS_FILE": (DEFAULT_SETTINGS_FILE, "Path of the operator settings file inside the hub."),
 }
 
@@ -163,7 +163,6 @@ DEFAULTS: dict[str, Any] = {
         "pids_limit": 128,
         "wall_seconds": 900,
         "cell_timeout": 300,
-        "gradebook_url": "sqlite:////srv/course/nbgrader/gradebook.db",
         "test_clock": False,
     },
     "network": {
@@ -322,8 +321,6 @@ SCHEMA: dict[str, Any] = {
                 "pids_limit": {"type": "integer", "minimum": 32},
                 "wall_seconds": {"type": "integer", "minimum": 30},
                 "cell_timeout": {"type": "integer", "minimum": 5},
-                "gradebook_url": {"type": "string", "pattern": r"^(sqlite:////|postgresql(\+psycopg2)?://)",
-                                  "description": "sqlite:////path or postgresql://user@host/db"},
                 "test_clock": {"type": "boolean"},
             },
         },

@@ -66,6 +66,14 @@ profiles:
     mem_limit: 1G
     cpu_limit: 0.5
     idle_timeout: 20
+grading:
+  test_clock: true
+  workers: 2
+  cpus: 1.0
+  mem_limit: 768M
+  pids_limit: 64
+  cell_timeout: 20
+  wall_seconds: 120
 gpus:
   devices:
     - {{id: GPU-00000000-0000-0000-0000-0000000000a0, mode: shared, max_users: 2}}
@@ -172,6 +180,42 @@ class Lab:
         data = text.encode() if isinstance(text, str) else text
         return self.session.post(f"{self.url}/services/roster/api/import",
                                  params={"filename": filename, "dry_run": int(dry_run)}, data=data, timeout=120)
+
+    # -- the course service ---------------------------------------------------------------------
+    def course(self, method: str, path: str, token: str | None = None, **kw) -> requests.Response:
+        """Call the course service through the proxy (with the admin token, or ``token``)."""
+        headers = {"Authorization": f"token {token or self.token}"}
+        return requests.request(method, f"{self.url}/services/course/{path}", headers=headers, timeout=120, **kw)
+
+    def set_clock(self, when: str) -> None:
+        r = self.course("PUT", "api/clock", json={"now": when})
+        assert r.status_code == 200, r.text
+
+    def wait_course(self, check, what: str, timeout: float = 300) -> dict:
+        """Poll the course service's status until ``check(status)`` is true; return the status."""
+        deadline = time.monotonic() + timeout
+        status = {}
+        while time.monotonic() < deadline:
+            r = self.course("GET", "api/status")
+            if r.status_code == 200:
+                status = r.json()
+                if check(status):
+                    return status
+            time.sleep(1)
+        jobs = [(j["action"], j["assignment"], j["state"], j["output"][-800:]) for j in status.get("jobs", [])]
+        raise AssertionError(f"course service: {what} did not happen in {timeout}s; jobs: {jobs}")
+
+    def user_token(self, name: str) -> str:
+        """An API token of ``name`` (with that person's own permissions)."""
+        r = self.api("POST", f"/users/{name}/tokens", json={"expires_in": 3600, "note": "test"})
+        assert r.status_code in (200, 201), r.text
+        return r.json()["token"]
+
+    def grader(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run ``python -m hub.grading ARGS`` as the grader user in the hub, as `make autograde` does."""
+        return subprocess.run(["docker", "exec", "-u", "grader", "-w", "/srv/course/state/home",
+                               f"{INSTANCE}-hub-1", "python", "-m", "hub.grading", *args],
+                              capture_output=True, text=True, timeout=timeout)
 
     def server_api(self, name: str, method: str, path: str, **kw) -> requests.Response:
         """Call a user's JupyterLab REST API through the proxy, with the admin token."""

@@ -42,6 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
+from zoneinfo import ZoneInfo
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
@@ -67,6 +68,7 @@ class Course:
         self.settings = json.loads(os.environ.get("LAB_GRADING", "{}"))
         self.image = os.environ["LAB_COURSE_IMAGE"]
         self.course_id = os.environ.get("LAB_COURSE_ID", "mlops-02476")
+        self.instance = os.environ.get("LAB_INSTANCE", "mlops-lab")
         self.operators = {n for n in os.environ.get("LAB_OPERATORS", "").split(",") if n}
         self.roster = RosterStore(os.environ.get("ROSTER_FILE", "/srv/jupyterhub/roster.json"))
         self.calendar: Calendar = load_calendar(self.src / "calendar.yaml", self.src / "source")
@@ -259,7 +261,8 @@ class Course:
                     "fetched": len(fetched.get(a.name, ())), "submitted": len(latest),
                     "late": sum(1 for s in latest.values() if s.late), "graded": len(scores),
                     "max_score": maximum, "scores": scores,
-                    "flagged": {k: v.get("reason") for k, v in ledger.items() if v.get("reason")},
+                    "flagged": {k: v.get("reason") or f"failed: {v.get('errors') or 'see the log'}" for k, v in ledger.items()
+                                if v.get("reason") or v.get("status") != "graded"},
                 })
         finally:
             if gb is not None:
@@ -488,7 +491,7 @@ class DashboardHandler(Base):
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}} .plots{{display:flex;gap:3em}}
 figure{{margin:0}} figcaption{{font-size:12px;color:#444}} section{{border-top:1px solid #ccc;padding:.5em 0}}</style>
 </head><body><h1>Course dashboard: {html.escape(self.course.course_id)}</h1>
-<p>Course time: {html.escape(self.course.clock.now().astimezone().isoformat(timespec="minutes"))}.
+<p>Course time: {html.escape(self.course.clock.now().astimezone(ZoneInfo(self.course.calendar.timezone)).strftime("%Y-%m-%d %H:%M %Z"))}.
 You are {html.escape(self.current_user["name"])} ({role}).
 <a href="/services/formgrader/formgrader">Formgrader</a> ·
 <a href="{url_path_join(prefix, 'api/grades.csv')}">Grades (CSV)</a></p>
@@ -515,7 +518,8 @@ class SandboxHandler(web.RequestHandler):
         label = str(request.get("label", ""))[:200]
         result = await ioloop.IOLoop.current().run_in_executor(
             self.course.sandboxes, lambda: run_notebook(nb, self.course.image, self.course.limits, label,
-                                                        labels={"mlops-lab.grading": label[:60]}))
+                                                        labels={"mlops-lab.instance": self.course.instance,
+                                                                "mlops-lab.grading": label[:60]}))
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"notebook": result.notebook, "reason": result.reason, "seconds": result.seconds}))
 
