@@ -1,0 +1,107 @@
+"""An assignment's whole life, in a real browser: the calendar releases it, a student fetches it
+in JupyterLab's Assignments panel, edits the notebook and submits; the deadline passes on the
+test clock (nobody sleeps), the course service collects, autogrades in sandboxes and releases
+feedback; the student fetches the feedback and sees the score; the instructor sees it on the
+course dashboard, in the formgrader and in the grades export."""
+
+import csv
+import io
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.test_login import ARTIFACTS, browser, login_dtu, new_page  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.browser
+
+A = "03-reproducibility"
+STUDENT = "s230003"
+# Half the work: seed_everything (3 of the 6 points); config_fingerprint is left undone.
+ANSWER = "def seed_everything(seed: int) -> None: random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)"
+
+
+def open_assignments_panel(page):
+    page.locator(".lm-MenuBar-itemLabel", has_text="Nbgrader").click()
+    page.locator(".lm-Menu-itemLabel", has_text="Assignment List").click()
+    expect(page.get_by_text("Released assignments")).to_be_visible()
+
+
+def test_fetch_edit_submit_grade_feedback_export(lab, browser):  # noqa: F811
+    lab.set_clock("2027-01-06T10:00:00+01:00")
+    lab.wait_course(lambda s: s["schedule"].get(A, {}).get("released"), f"the release of {A}")
+
+    page = new_page(browser)
+    login_dtu(lab, page, STUDENT)
+    expect(page.get_by_text("Choose the kind of server to start")).to_be_visible()
+    page.get_by_label("CPU", exact=False).first.check()
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url(f"**/user/{STUDENT}/lab**", timeout=240_000)
+    expect(page.locator(".jp-Launcher")).to_be_visible(timeout=120_000)
+
+    # Fetch in the Assignments panel
+    open_assignments_panel(page)
+    row = page.locator(".list_item", has_text=A).first
+    expect(row).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "assignments-released.png"))
+    row.get_by_role("button", name="Fetch").click()
+    expect(page.locator(".list_item", has_text=A).get_by_role("button", name="Submit")).to_be_visible()
+
+    # Open the notebook and edit the first answer
+    page.goto(f"{lab.url}/user/{STUDENT}/lab/tree/{A}/{A}.ipynb")
+    cell = page.locator(".jp-Cell", has_text="def seed_everything").first
+    expect(cell).to_be_visible(timeout=60_000)
+    cell.locator(".cm-content").click()
+    page.keyboard.press("Control+a")
+    page.keyboard.type(ANSWER)
+    page.keyboard.press("Escape")
+    page.keyboard.press("Control+s")
+    expect(page.locator(".jp-mod-current .jp-mod-dirty")).to_have_count(0, timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "assignment-edited.png"))
+
+    # Submit from the panel
+    open_assignments_panel(page)
+    page.locator(".list_item", has_text=A).get_by_role("button", name="Submit").first.click()
+    expect(page.locator(".list_item", has_text="2026").or_(page.locator(".list_item", has_text="2027")).first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "assignment-submitted.png"))
+    mine = lab.course("GET", "api/submissions", token=lab.user_token(STUDENT)).json()["submissions"]
+    assert [s["assignment_id"] for s in mine] == [A] and mine[0]["late"] is False
+
+    # The deadline passes on the test clock: collect, autograde in sandboxes, feedback
+    lab.set_clock("2027-01-09T00:30:00+01:00")
+    status = lab.wait_course(lambda s: s["schedule"].get(A, {}).get("deadline"), f"grading of {A}", timeout=600)
+    job = [j for j in status["jobs"] if j["assignment"] == A and j["action"] == "deadline"][-1]
+    assert job["by"] == "calendar" and job["state"] == "done", job
+    assert f"{A}/{STUDENT}: graded, 3 of 6 points" in job["output"], job["output"]
+
+    # The student fetches the feedback in the panel and reads the score
+    page.reload()
+    expect(page.locator(".lm-MenuBar-itemLabel", has_text="Nbgrader")).to_be_visible(timeout=120_000)
+    open_assignments_panel(page)
+    page.get_by_role("button", name="Fetch Feedback").first.click()
+    expect(page.get_by_text("(view feedback)").first).to_be_visible(timeout=60_000)
+    page.screenshot(path=str(ARTIFACTS / "assignment-feedback-fetched.png"))
+    stamp = mine[0]["timestamp"]
+    feedback = new_page(browser)
+    feedback.context.add_cookies(page.context.cookies())
+    feedback.goto(f"{lab.url}/user/{STUDENT}/files/{A}/feedback/{stamp}/{A}.html")
+    expect(feedback.get_by_text(f"{A} (Score: 3.0 / 6.0)")).to_be_visible()
+    feedback.screenshot(path=str(ARTIFACTS / "assignment-feedback.png"), full_page=False)
+
+    # The instructor: dashboard, formgrader, grades export
+    teacher = new_page(browser)
+    login_dtu(lab, teacher, "teacher")
+    teacher.goto(f"{lab.url}/services/course/dashboard")
+    section = teacher.locator(f"section[id='{A}']")
+    expect(section).to_contain_text("Students who fetched, submitted, submitted late, were graded")
+    expect(section.locator("svg[aria-label='score distribution'] rect")).to_have_count(10)
+    teacher.screenshot(path=str(ARTIFACTS / "course-dashboard.png"), full_page=True)
+    teacher.goto(f"{lab.url}/services/formgrader/formgrader")
+    expect(teacher.get_by_text("Manage Assignments").first).to_be_visible(timeout=60_000)
+    expect(teacher.get_by_text(A).first).to_be_visible()
+    teacher.screenshot(path=str(ARTIFACTS / "formgrader.png"))
+    response = teacher.request.get(f"{lab.url}/services/course/api/grades.csv")
+    assert response.ok
+    rows = list(csv.DictReader(io.StringIO(response.text())))
+    row = next(r for r in rows if r["student_id"] == STUDENT)
+    assert row[f"{A} (of 6)"] == "3"
+    assert row["result"] == "not passed"  # the other core modules have 0 points
