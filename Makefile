@@ -1,15 +1,20 @@
 # The MLOps course lab. `make up` runs it, `make test` tests it, `make down` stops it.
-.PHONY: up down roster test test-unit test-gpu test-ansible build bench help
+.PHONY: up down roster release collect autograde feedback grades test test-unit test-gpu test-ansible build bench bench-autograde help
 
 help:
 	@echo "make up      build what is missing, start the lab, print its URL and how to log in"
 	@echo "make down    stop the lab and its student servers (every volume is kept)"
 	@echo "make roster FILE=roster.csv [DRY_RUN=1]  import the course roster (no restart); prints what changed"
+	@echo "make release A=02-project-cli [FORCE=1]  release an assignment now (the calendar does it on time)"
+	@echo "make collect A=...  collect the latest submissions;  make feedback A=...  generate and release feedback"
+	@echo "make autograde A=... [WORKERS=n] [FORCE=1]  collect and autograde in sandboxes, with a progress bar (resumable)"
+	@echo "make grades [OUT=grades.csv]  the grades export: every student, every assignment, passed / not passed"
 	@echo "make test    the whole suite: unit, integration and browser tests"
 	@echo "make build   rebuild the images (hub, demo identity provider, course)"
 	@echo "make test-ansible  the Ansible playbook: lint, converge on a target container, idempotence, restore"
 	@echo "make test-gpu  on a GPU host: spawn a GPU server through the hub and train on it"
 	@echo "make bench   bench/spawn.py against the running lab"
+	@echo "make bench-autograde [M=40]  bench/autograde.py: our sandboxed parallel grader vs nbgrader's serial autograde"
 
 up:
 	bash scripts/up.sh
@@ -19,6 +24,21 @@ down:
 
 roster:
 	bash scripts/roster.sh "$(FILE)"
+
+release:
+	bash scripts/course.sh release "$(A)" $(if $(FORCE),--force)
+
+collect:
+	bash scripts/course.sh collect "$(A)"
+
+autograde:
+	bash scripts/course.sh autograde "$(A)" --collect $(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
+
+feedback:
+	bash scripts/course.sh feedback "$(A)"
+
+grades:
+	bash scripts/course.sh grades $(OUT)
 
 test:
 	bash scripts/test.sh
@@ -39,3 +59,7 @@ build:
 bench:
 	bash scripts/test.sh setup
 	.venv/bin/python bench/spawn.py
+
+bench-autograde:
+	bash scripts/test.sh setup
+	.venv/bin/python bench/autograde.py -m $(or $(M),40)

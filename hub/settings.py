@@ -466,6 +466,10 @@ def _check_env(environ: dict[str, str], problems: list[str]) -> dict[str, str | 
                  "LAB_IDP_CAS_PUBLIC_URL"):
         if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", env[name] or ""):
             problems.append(f"environment: {name}={env[name]!r} is not an http(s) URL")
+    gradebook = env["LAB_GRADEBOOK_URL"]
+    if gradebook and not re.fullmatch(r"(postgresql(\+psycopg2)?://\S+|sqlite:////\S+)", gradebook):
+        # the value may hold a password: name the variable, not its value
+        problems.append("environment: LAB_GRADEBOOK_URL is not a postgresql://user:password@host/db (or sqlite:////path) URL")
     token = env["LAB_ADMIN_API_TOKEN"]
     if token is not None and (len(token) < 32 or not re.fullmatch(r"[A-Za-z0-9_-]+", token)):
         problems.append(

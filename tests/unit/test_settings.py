@@ -176,3 +176,24 @@ def test_egress_and_netguard_load_live_settings_without_the_hub_secrets(tmp_path
     assert "LAB_GITHUB_CLIENT_SECRET: required" in "\n".join(problems(tmp_path, text))
     path = tmp_path / "lab.yaml"
     assert load_settings(path, environ={}, secrets=False).demo is False
+
+
+def test_grading_settings_are_checked_with_file_line_and_key(tmp_path):
+    path = tmp_path / "lab.yaml"
+    path.write_text("grading:\n  workers: -1\n  mem_limit: lots\n  colour: red\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(path, environ={})
+    text = "\n".join(err.value.problems)
+    assert "lab.yaml:2: grading.workers:" in text
+    assert "lab.yaml:3: grading.mem_limit: 'lots' is not a size like 512M or 4G" in text
+    assert "lab.yaml:4: grading.colour: unknown key" in text
+
+
+def test_a_bad_gradebook_url_is_named_without_its_password(tmp_path):
+    path = tmp_path / "lab.yaml"
+    path.write_text("")
+    with pytest.raises(SettingsError) as err:
+        load_settings(path, environ={"LAB_GRADEBOOK_URL": "mysql://u:hunter2@db/x"})
+    assert "LAB_GRADEBOOK_URL is not a postgresql://" in str(err.value) and "hunter2" not in str(err.value)
+    ok = load_settings(path, environ={"LAB_GRADEBOOK_URL": "postgresql://u:p@db/gradebook"})
+    assert ok.env["LAB_GRADEBOOK_URL"] == "postgresql://u:p@db/gradebook"

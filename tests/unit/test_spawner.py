@@ -160,7 +160,36 @@ def test_admin_token_becomes_a_service_with_admin_scopes(tmp_path):
 def test_no_admin_token_no_admin_service(tmp_path):
     """Without a token there is no automation service at all."""
     c = config_for(tmp_path)
-    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "gpu-usage", "roster"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "gpu-usage", "roster", "course", "formgrader"]
+
+
+def test_course_services_their_access_and_the_student_token(tmp_path):
+    """The exchange is reachable with a student's server token, but only through a role the
+    roster's groups carry; the formgrader runs as the unprivileged grader, for staff only."""
+    import json
+    c = config_for(tmp_path, "grading:\n  workers: 3\n  mem_limit: 2G\n")
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    course, formgrader = services["course"], services["formgrader"]
+    assert course["url"] == "http://127.0.0.1:10103" and "user" not in course  # root: it runs the sandboxes
+    grading = json.loads(course["environment"]["LAB_GRADING"])
+    assert grading["workers"] == 3 and grading["mem_limit"] == "2G" and grading["test_clock"] is False
+    assert formgrader["user"] == "grader" and formgrader["cwd"] == "/srv/lab/formgrader"
+    assert "LAB_GRADEBOOK_URL" not in formgrader["environment"]  # SQLite on the course volume by default
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["course-member"]["scopes"] == ["access:services!service=course"]
+    assert set(roles["course-member"]["groups"]) == {"students", "tas", "instructors"}
+    for staff in ("course-instructor", "course-ta"):
+        assert "access:services!service=formgrader" in roles[staff]["scopes"]
+    assert "access:services!service=course" in c.CourseSpawner.server_token_scopes
+    assert c.CourseSpawner.environment["LAB_COURSE_URL"] == "http://hub:8000/services/course/"
+
+
+def test_postgres_gradebook_url_reaches_grading_only_from_the_environment(tmp_path):
+    url = "postgresql://grader:secret@db/gradebook"
+    c = config_for(tmp_path, LAB_GRADEBOOK_URL=url)
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    assert services["course"]["environment"]["LAB_GRADEBOOK_URL"] == url
+    assert services["formgrader"]["environment"]["LAB_GRADEBOOK_URL"] == url
 
 
 def test_culler_settings_reach_its_command(tmp_path):
