@@ -56,6 +56,9 @@ def ledger_path(assignment: str) -> Path:
 
 def gradebook_url() -> str:
     url = os.environ.get("LAB_GRADEBOOK_URL") or f"sqlite:///{coursedir_root()}/gradebook.db"
+    if url.startswith("postgresql://"):
+        # SQLAlchemy 2.1 would pick psycopg 3 for a plain postgresql:// URL; the image has psycopg2.
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     if url.startswith("sqlite:") and "timeout=" not in url:
         # Parallel workers write one SQLite file: wait for the lock rather than fail.
         url += ("&" if "?" in url else "?") + "timeout=120"

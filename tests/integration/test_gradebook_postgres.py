@@ -1,0 +1,59 @@
+"""LAB_GRADEBOOK_URL selects PostgreSQL: the hub image's grading tools (nbgrader with psycopg2)
+release an assignment into a real PostgreSQL server and export grades from it."""
+
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from tests.conftest import ROOT, TAG, docker
+
+pytestmark = pytest.mark.integration
+
+PG_IMAGE = "mlops-lab-test/postgres"
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    if not docker("images", "-q", PG_IMAGE).strip():
+        subprocess.run(["docker", "build", "-q", "-t", PG_IMAGE, str(ROOT / "tests/integration/postgres")],
+                       check=True, capture_output=True, env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
+    run = uuid.uuid4().hex[:8]
+    net, name = f"mlops-lab-test-pg-{run}", f"mlops-lab-test-pg-{run}"
+    docker("network", "create", "--internal", net)
+    docker("run", "-d", "--name", name, "--network", net, "--network-alias", "db",
+           "--label", "mlops-lab.instance=mlops-lab-test", PG_IMAGE)
+    try:
+        deadline = time.monotonic() + 60
+        while "ready for the lab" not in docker("logs", name, check=False):
+            assert time.monotonic() < deadline, docker("logs", name, check=False)
+            time.sleep(0.5)
+        yield net
+    finally:
+        docker("rm", "-f", name, check=False)
+        docker("network", "rm", net, check=False)
+
+
+def hub_run(net: str, script: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["docker", "run", "--rm", "--network", net, "-u", "grader", "--entrypoint", "sh",
+         "-e", "LAB_GRADEBOOK_URL=postgresql://lab:lab@db/gradebook", "-e", "LAB_COURSE_ROOT=/tmp/course",
+         f"mlops-lab/hub:{TAG}", "-c", script], capture_output=True, text=True, timeout=300)
+
+
+def test_release_and_export_use_the_postgres_gradebook(postgres):
+    script = (
+        "set -e; mkdir -p /tmp/course/state /tmp/course/nbgrader/source /tmp/course/exchange; "
+        "cp -r /srv/lab/course/source/02-project-cli /tmp/course/nbgrader/source/; "
+        "python -m hub.grading release 02-project-cli; "
+        "python -m hub.grading grades; "
+        "python -c \"from nbgrader.api import Gradebook; from hub.grading import gradebook_url; "
+        "gb = Gradebook(gradebook_url()); a = gb.find_assignment('02-project-cli'); "
+        "print('in postgres:', a.name, a.duedate, a.max_score, gb.db.bind.dialect.name)\"; "
+        "ls /tmp/course/nbgrader")
+    r = hub_run(postgres, script)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "in postgres: 02-project-cli 2027-01-07 22:59:00 4.0 postgresql" in r.stdout
+    assert "02-project-cli (of 4)" in r.stdout.splitlines()[0]
+    assert "gradebook.db" not in r.stdout  # no SQLite file was made
