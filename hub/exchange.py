@@ -49,6 +49,8 @@ ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}Z$")
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f %Z"
 MAX_UPLOAD = 100 * 1024 * 1024
 MAX_FILES = 1000
+# All of one student's submissions together: repeated uploads cannot fill the course volume.
+MAX_PER_STUDENT = 1024 * 1024 * 1024
 IGNORE = {".ipynb_checkpoints", "__pycache__", "feedback", ".DS_Store"}
 
 
@@ -224,6 +226,11 @@ class ExchangeStore:
             raise ExchangeRefused(f"{assignment} is not released")
         sid = submission_id(when)
         folder = self.inbound(student, assignment, sid)
+        used = sum(f.stat().st_size for f in (self.root / "inbound" / student).rglob("*") if f.is_file()) \
+            if (self.root / "inbound" / student).is_dir() else 0
+        if used + len(data) > MAX_PER_STUDENT:
+            raise ExchangeRefused(f"your submissions use {used // 2**20} MiB, the most is "
+                                  f"{MAX_PER_STUDENT // 2**20} MiB: ask the course's teachers")
         staging = folder.parent / f".{sid}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         files = safe_extract(data, staging)

@@ -50,7 +50,7 @@ from tornado import ioloop, web
 
 from hub import grading
 from hub.coursecal import Calendar, CalendarError, Clock, load_calendar
-from hub.exchange import ExchangeRefused, ExchangeStore, give_to_grader
+from hub.exchange import ExchangeRefused, ExchangeStore, give_to_grader, id_to_time
 from hub.roster import RosterStore
 from hub.sandbox import Limits, run_notebook
 
@@ -499,6 +499,40 @@ You are {html.escape(self.current_user["name"])} ({role}).
         self.finish(page)
 
 
+class HomeHandler(Base):
+    """The service's page in the hub's Services menu: staff go to the dashboard; a student sees
+    the released assignments, their own submissions (late ones marked) and what has feedback."""
+
+    @web.authenticated
+    def get(self):
+        prefix = os.environ["JUPYTERHUB_SERVICE_PREFIX"]
+        if self.course.role(self.current_user) in ("instructor", "ta"):
+            self.redirect(url_path_join(prefix, "dashboard"))
+            return
+        tz = ZoneInfo(self.course.calendar.timezone)
+        subs = self.course.store.submissions(self.student)
+        rows = []
+        for name in self.course.store.released():
+            entry = self.course.calendar.get(name)
+            mine = [s for s in subs if s.assignment == name]
+            done = "".join(
+                f"<li>{html.escape(id_to_time(s.id).astimezone(tz).strftime('%a %d %b %H:%M:%S'))}"
+                f"{' <strong>(late)</strong>' if s.late else ''}"
+                f"{' · feedback ready: use Fetch Feedback in the Assignments panel' if s.feedback else ''}</li>"
+                for s in mine) or "<li>not submitted</li>"
+            due = entry.due.astimezone(tz).strftime("%a %d %b %H:%M") if entry else "no due time"
+            rows.append(f"<tr><td><b>{html.escape(name)}</b><br>{html.escape(entry.title if entry else '')}</td>"
+                        f"<td>{html.escape(due)}</td><td><ul>{done}</ul></td></tr>")
+        self.finish(f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>My assignments</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:60em}} td{{vertical-align:top;padding:.4em 1em .4em 0;
+border-top:1px solid #ddd}} ul{{margin:0;padding-left:1.2em}}</style></head><body>
+<h1>My assignments ({html.escape(self.student)})</h1>
+<p>Fetch, submit and fetch feedback in JupyterLab: menu <i>Nbgrader</i> → <i>Assignment List</i>.
+You may submit as often as you like; the last submission before the due time is graded.</p>
+<table><tr><th>Assignment</th><th>Due</th><th>Your submissions</th></tr>{''.join(rows)}</table>
+</body></html>""")
+
+
 class SandboxHandler(web.RequestHandler):
     """127.0.0.1:10104 only: run one notebook for the grader user's processes."""
 
@@ -546,7 +580,7 @@ def main() -> None:
         (url_path_join(prefix, "api/clock"), ClockHandler, kw),
         (url_path_join(prefix, "api/grades.csv"), GradesHandler, kw),
         (url_path_join(prefix, "dashboard"), DashboardHandler, kw),
-        (prefix.rstrip("/") + "/?", web.RedirectHandler, {"url": url_path_join(prefix, "dashboard")}),
+        (prefix.rstrip("/") + "/?", HomeHandler, kw),
         (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
     ], cookie_secret=os.urandom(32), max_body_size=200 * 1024 * 1024)
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])

@@ -87,6 +87,16 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser):  # noqa: F811
     expect(feedback.get_by_text(f"{A} (Score: 3.0 / 6.0)")).to_be_visible()
     feedback.screenshot(path=str(ARTIFACTS / "assignment-feedback.png"), full_page=False)
 
+    # A submission after the due time is accepted and marked late, in the panel and on the
+    # student's page of the course service (the graded, on-time one stays as it was).
+    page.locator(".list_item", has_text=A).get_by_role("button", name="Submit").first.click()
+    expect(page.get_by_text("(late)").first).to_be_visible(timeout=60_000)
+    page.goto(f"{lab.url}/services/course/")
+    expect(page.get_by_role("heading", name=f"My assignments ({STUDENT})")).to_be_visible()
+    expect(page.locator("li", has_text="(late)")).to_have_count(1)
+    expect(page.locator("li", has_text="feedback ready")).to_have_count(1)
+    page.screenshot(path=str(ARTIFACTS / "my-assignments.png"))
+
     # The instructor: dashboard, formgrader, grades export
     teacher = new_page(browser)
     login_dtu(lab, teacher, "teacher")
@@ -94,6 +104,7 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser):  # noqa: F811
     section = teacher.locator(f"section[id='{A}']")
     expect(section).to_contain_text("Students who fetched, submitted, submitted late, were graded")
     expect(section.locator("svg[aria-label='score distribution'] rect")).to_have_count(10)
+    expect(section.locator("svg[aria-label='counts'] text", has_text="late")).to_have_count(1)
     teacher.screenshot(path=str(ARTIFACTS / "course-dashboard.png"), full_page=True)
     teacher.goto(f"{lab.url}/services/formgrader/formgrader")
     expect(teacher.get_by_text("Manage Assignments").first).to_be_visible(timeout=60_000)
