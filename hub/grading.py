@@ -38,6 +38,8 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from nbgrader.preprocessors import NbGraderPreprocessor
+
 COURSE_ROOT = Path(os.environ.get("LAB_COURSE_ROOT", "/srv/course"))
 COURSE_SRC = Path(os.environ.get("LAB_COURSE_SRC", "/srv/lab/course"))
 SANDBOX_URL = os.environ.get("LAB_SANDBOX_URL", "http://127.0.0.1:10104")
@@ -95,12 +97,7 @@ def lab_config():
 REASONS: list[str] = []  # what the sandbox reported for the notebooks this process graded
 
 
-def _sandbox_preprocessor_base():
-    from nbgrader.preprocessors import NbGraderPreprocessor
-    return NbGraderPreprocessor
-
-
-class SandboxExecute(_sandbox_preprocessor_base()):
+class SandboxExecute(NbGraderPreprocessor):
     """nbgrader's Execute step, done by the course service in a sandbox container."""
 
     def preprocess(self, nb, resources):

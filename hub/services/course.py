@@ -44,7 +44,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo
 
-from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import ioloop, web
 
@@ -278,6 +278,13 @@ class Base(HubOAuthenticated, web.RequestHandler):
 
     def check_xsrf_cookie(self):
         pass  # writes need a token in the Authorization header (checked in need_token)
+
+    def get_login_url(self):
+        # A request with a token that is not (or no longer) good gets 403, not the login page.
+        if self.request.headers.get("Authorization"):
+            raise web.HTTPError(403, "this token may not use the course service (revoked, expired, "
+                                     "or its owner is not on the course roster)")
+        return super().get_login_url()
 
     def write_json(self, data, status: int = 200):
         self.set_status(status)
@@ -566,6 +573,9 @@ def main() -> None:
         log.error("%s", exc)
         sys.exit(1)
     course.prepare()
+    # Ask the hub about a token at least every 10 s (default 5 min): someone taken off the roster
+    # loses the exchange at once, not minutes later.
+    HubOAuth.instance(cache_max_age=10)
     prefix = os.environ["JUPYTERHUB_SERVICE_PREFIX"]
     kw = {"course": course}
     name = r"([A-Za-z0-9][A-Za-z0-9_.-]{0,63})"

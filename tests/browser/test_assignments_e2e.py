@@ -26,7 +26,14 @@ def open_assignments_panel(page):
     expect(page.get_by_text("Released assignments")).to_be_visible()
 
 
-def test_fetch_edit_submit_grade_feedback_export(lab, browser):  # noqa: F811
+@pytest.fixture
+def stopped_afterwards(lab):
+    yield
+    if lab.api("GET", f"/users/{STUDENT}").json().get("servers"):
+        lab.stop(STUDENT)  # the login tests expect this student's spawn form
+
+
+def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterwards):  # noqa: F811
     lab.set_clock("2027-01-06T10:00:00+01:00")
     lab.wait_course(lambda s: s["schedule"].get(A, {}).get("released"), f"the release of {A}")
 

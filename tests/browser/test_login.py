@@ -148,7 +148,7 @@ def test_failed_start_shows_the_reason(lab, browser):
     volume = f"{lab.instance}-home-s230003"
     docker("volume", "create", volume)
     docker("run", "--rm", "--user", "0", "--entrypoint", "sh", "-v", f"{volume}:/h", lab.course_image,
-           "-c", "chown 0:0 /h && chmod 0755 /h && touch /h/owned-by-root")
+           "-c", "chown 0:0 /h && chmod 0755 /h && rm -rf /h/.lab && touch /h/owned-by-root")  # as if never seeded
     page = new_page(browser, 1200, 800)
     login_dtu(lab, page, "s230003")
     page.get_by_role("button", name="Start").click()

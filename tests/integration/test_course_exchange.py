@@ -55,6 +55,14 @@ def test_student_cannot_reach_another_students_work(course):
     every way to see, change or remove it, or to see unreleased work and hidden tests."""
     for user in ("s230001", "s230002"):
         course.start(user)
+    try:
+        attack_from_another_container(course)
+    finally:
+        for user in ("s230001", "s230002"):  # later tests expect them logged out and stopped
+            course.stop(user)
+
+
+def attack_from_another_container(course):
     r = in_container("s230002", f"nbgrader fetch_assignment {A} && nbgrader submit {A} && nbgrader list --cached")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Submitted as:" in r.stdout + r.stderr
@@ -245,3 +253,17 @@ def test_interrupted_autograde_resumes_without_regrading(course, submitted):
     for student, entry in before.items():
         assert after[student]["graded_at"] == entry["graded_at"], student  # not graded again
     assert set(after) >= set(EXTRA) and after["s240006"]["score"] == 4
+
+
+def test_a_student_taken_off_the_roster_loses_the_exchange(course, submitted):
+    token = course.user_token("s240006")
+    assert course.course("GET", "api/submissions", token=token).status_code == 200
+    r = course.import_roster(TEST_ROSTER + "".join(
+        f"{s},Test Student {s[-1]},{s}@student.dtu.dk,,student\n" for s in EXTRA if s != "s240006"))
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 30
+    while (code := course.course("GET", "api/submissions", token=token).status_code) == 200:
+        assert time.monotonic() < deadline, "still allowed 30 s after leaving the roster"
+        time.sleep(1)
+    assert code == 403
+    assert course.course("POST", f"api/assignments/{A}/submit", token=token, data=b"x").status_code == 403
