@@ -152,7 +152,7 @@ def test_failed_start_shows_the_reason(lab, browser):
     page = new_page(browser, 1200, 800)
     login_dtu(lab, page, "s230003")
     page.get_by_role("button", name="Start").click()
-    expect(page.get_by_text("is not writable by uid 1000")).to_be_visible(timeout=120_000)
+    expect(page.get_by_text("is not writable by uid 1000").first).to_be_visible(timeout=120_000)
     expect(page.get_by_text("InvalidStateError")).to_have_count(0)
     page.screenshot(path=str(ARTIFACTS / "failed-start.png"))
     page.context.close()
