@@ -127,18 +127,16 @@ def run_notebook(nb: nbformat.NotebookNode, image: str, limits: Limits, label: s
             container.kill()
             status = None
             reason = f"stopped after the {limits.wall_seconds} s wall-time limit ({limits.describe()})"
-        stdout = container.logs(stdout=True, stderr=False)
-        state = container.attrs.get("State", {}) if status else {}
-        if status is not None:
-            container.reload()
-            state = container.attrs.get("State", {})
-        data = parse_output(stdout) if not reason else None
+        data = None
+        if not reason:
+            data = parse_output(container.logs(stdout=True, stderr=False))
         if data is None and not reason:
-            if state.get("OOMKilled"):
+            container.reload()  # only now: was it the memory limit?
+            if container.attrs.get("State", {}).get("OOMKilled"):
                 reason = f"killed at the memory limit ({limits.describe()})"
             else:
                 tail = container.logs(stdout=False, stderr=True, tail=5).decode("utf-8", "replace").strip()
-                reason = f"the sandbox gave no result (exit {status and status.get('StatusCode')}): {tail[-400:]}"
+                reason = f"the sandbox gave no result (exit {status.get('StatusCode')}): {tail[-400:]}"
     finally:
         try:
             container.remove(force=True)

@@ -28,7 +28,7 @@ def course(lab):
     r = lab.import_roster(ROSTER)
     assert r.status_code == 200, r.text
     lab.set_clock("2027-01-05T10:00:00+01:00")
-    status = lab.wait_course(lambda s: all(s["schedule"].get(a, {}).get("released")
+    lab.wait_course(lambda s: all(s["schedule"].get(a, {}).get("released")
                                            for a in ("01-pytorch-training", A)), "the calendar's releases")
     yield lab
     assert lab.import_roster(TEST_ROSTER).status_code == 200
