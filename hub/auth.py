@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import secrets
 from urllib.parse import urlencode
 
 import requests
@@ -166,28 +167,74 @@ class DTUIdentityMixin(RosterMixin):
 
 class DTUOIDCAuthenticator(DTUIdentityMixin, GenericOAuthenticator):
     """DTU by OpenID Connect (Microsoft Entra ID): the id comes from a claim of the ID token,
-    by default ``preferred_username`` (``s123456@dtu.dk``)."""
+    by default ``preferred_username`` (``s123456@dtu.dk``). The token must name the expected
+    issuer, be issued to this hub (``aud``) and, for Entra, come from DTU's tenant (``tid``):
+    a token from another tenant of the same multi-tenant endpoint is refused."""
 
     login_service = "DTU"
+    expected_issuer = Unicode("", config=True, help="The ID token's iss claim must equal this.")
+    expected_tenant = Unicode("", config=True, help="The ID token's tid claim must equal this (Entra).")
+
+    async def token_to_user(self, token_info):
+        claims = await super().token_to_user(token_info)
+        problems = []
+        if not self.expected_issuer:
+            problems.append("no expected issuer is configured")
+        elif claims.get("iss") != self.expected_issuer:
+            problems.append(f"issuer {claims.get('iss')!r} is not {self.expected_issuer!r}")
+        aud = claims.get("aud")
+        if self.client_id not in (aud if isinstance(aud, list) else [aud]):
+            problems.append(f"audience {aud!r} is not this hub ({self.client_id!r})")
+        if self.expected_tenant and claims.get("tid") != self.expected_tenant:
+            problems.append(f"tenant {claims.get('tid')!r} is not {self.expected_tenant!r}")
+        if problems:
+            self.log.warning("DTU ID token refused: %s", "; ".join(problems))
+            raise LoginRefused("Login not confirmed",
+                               "The DTU login could not be confirmed for this course (the identity token was "
+                               "not issued by DTU for this lab). Please log in again.",
+                               "<p>The DTU login could not be confirmed for this course: the identity token "
+                               "was not issued by DTU for this lab.</p><p><a href='/hub/login'>Log in again</a>.</p>")
+        return claims
 
 
 class CASLoginHandler(BaseHandler):
-    """``/hub/dtu/login``: send the browser to CAS, then validate the ticket it comes back with."""
+    """``/hub/dtu/login``: send the browser to CAS, then validate the ticket it comes back with.
+
+    CAS has no state parameter, so a ticket for someone else's login could be planted in a
+    victim's browser (login CSRF). The hub puts a fresh random ``state`` into the service URL and
+    into a signed cookie of this browser; a ticket counts only when it comes back to the browser
+    that started that login (CAS validates the service URL, state included, with the ticket)."""
+
+    STATE_COOKIE = "lab-cas-state"
 
     def append_query_parameters(self, url, exclude=None):
         # The ticket is single-use and must not travel on: JupyterHub would carry it to /hub/spawn,
         # where query parameters are spawn options and start a server.
-        return super().append_query_parameters(url, exclude=[*(exclude or ["next"]), "ticket"])
+        return super().append_query_parameters(url, exclude=[*(exclude or ["next"]), "ticket", "state"])
 
     async def get(self):
         auth = self.authenticator
         next_url = self.get_argument("next", "")
-        service = auth.service_url(next_url)
         ticket = self.get_argument("ticket", "")
+        cookie_path = self.request.path
         if not ticket:
+            state = secrets.token_urlsafe(24)
+            self.set_secure_cookie(self.STATE_COOKIE, state, expires_days=None, path=cookie_path, httponly=True,
+                                   samesite="lax", secure=self.request.protocol == "https")
+            service = auth.service_url(next_url, state)
             self.redirect(CASClientV3(service_url=service, server_url=auth.cas_server_url).get_login_url())
             return
-        user = await self.login_user({"ticket": ticket, "service": service})
+        state = self.get_argument("state", "")
+        expected = self.get_secure_cookie(self.STATE_COOKIE, max_age_days=1)
+        self.clear_cookie(self.STATE_COOKIE, path=cookie_path)
+        if not state or expected is None or not secrets.compare_digest(expected.decode(), state):
+            self.log.warning("CAS login refused: the ticket did not come back to the browser that asked for it")
+            raise LoginRefused(
+                "Login not confirmed",
+                "This login was not started from this browser, or it took too long. Please log in again.",
+                "<p>This login was not started from this browser, or it took too long.</p>"
+                "<p><a href='/hub/login'>Log in again</a>.</p>")
+        user = await self.login_user({"ticket": ticket, "service": auth.service_url(next_url, state)})
         if user is None:
             raise web.HTTPError(403, "login refused")
         self.redirect(self.get_next_url(user))
@@ -200,8 +247,9 @@ class CASAuthenticator(Authenticator):
     cas_validate_url = Unicode("", config=True, help="The CAS server as the hub reaches it; default: cas_server_url.")
     cas_service_url = Unicode(config=True, help="This hub's CAS login URL, as browsers reach it.")
 
-    def service_url(self, next_url: str = "") -> str:
-        return self.cas_service_url + (f"?{urlencode({'next': next_url})}" if next_url else "")
+    def service_url(self, next_url: str = "", state: str = "") -> str:
+        params = {k: v for k, v in (("next", next_url), ("state", state)) if v}
+        return self.cas_service_url + (f"?{urlencode(params)}" if params else "")
 
     def login_url(self, base_url):
         return base_url.rstrip("/") + "/login"

@@ -7,6 +7,7 @@ configurer). ``jupyterhub_config.py`` calls ``apply`` and nothing else.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
@@ -17,6 +18,7 @@ from .settings import Settings
 from .spawner import DOCKER_SAFE_USERNAME, docker_name
 
 DEMO_CLIENT_ID = "mlops-lab"
+GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 HOME = "/home/jovyan"
 GPU_STATE = "/srv/jupyterhub/gpu-allocations.sqlite"
 
@@ -72,12 +74,16 @@ def auth_providers(settings: Settings) -> list[dict]:
                 "token_url": o["token_url"] or f"{tenant}/token",
                 "username_claim": o["username_claim"],
                 "scope": list(o["scope"]),
+                # The ID token must come from this issuer (and, for Entra, this tenant) and be for us.
+                "expected_issuer": o["issuer"] or f"https://login.microsoftonline.com/{o['tenant_id']}/v2.0",
+                "expected_tenant": o["tenant_id"] if GUID.match(o["tenant_id"]) else "",
             }
             if settings.demo:
                 browser = settings.env["LAB_IDP_PUBLIC_URL"].rstrip("/")
+                internal = f"http://{settings.env['LAB_IDP_HOST']}:9400"
                 config.update(client_id=DEMO_CLIENT_ID, client_secret="demo-identity-provider",
-                              authorize_url=f"{browser}/oauth2/authorize",
-                              token_url=f"http://{settings.env['LAB_IDP_HOST']}:9400/oauth2/token")
+                              authorize_url=f"{browser}/oauth2/authorize", token_url=f"{internal}/oauth2/token",
+                              expected_issuer=internal, expected_tenant="")
             config.update(userdata_from_id_token=True, oauth_callback_url=f"{public}/hub/dtu/oauth_callback",
                           enable_auth_state=False, admin_users=admins)
             providers.append({"authenticator_class": "hub.auth.DTUOIDCAuthenticator", "url_prefix": "/dtu",
@@ -314,7 +320,8 @@ def course_services(settings: Settings) -> list[dict]:
         "LAB_OPERATORS": ",".join(settings.get("auth.admin_users")),
         "ROSTER_FILE": ROSTER_FILE,
     }
-    grader_env = {"LAB_COURSE_ROOT": COURSE_ROOT, "LAB_COURSE_SRC": COURSE_SRC}
+    grader_env = {"LAB_COURSE_ROOT": COURSE_ROOT, "LAB_COURSE_SRC": COURSE_SRC,
+                  "LAB_OPERATORS": env["LAB_OPERATORS"]}
     if settings.env.get("LAB_GRADEBOOK_URL"):
         grader_env["LAB_GRADEBOOK_URL"] = env["LAB_GRADEBOOK_URL"] = settings.env["LAB_GRADEBOOK_URL"]
     return [

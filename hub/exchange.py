@@ -35,8 +35,11 @@ import re
 import shutil
 import tarfile
 import tempfile
+import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from nbgrader.exchange.abc import (Exchange, ExchangeCollect, ExchangeList, ExchangeReleaseAssignment,
                                    ExchangeReleaseFeedback)
@@ -47,10 +50,16 @@ STUDENT_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}Z$")
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f %Z"
-MAX_UPLOAD = 100 * 1024 * 1024
-MAX_FILES = 1000
-# All of one student's submissions together: repeated uploads cannot fill the course volume.
+# A file in a submission: no hidden files, no control characters, nothing a shell or a path would read.
+FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_. -]{0,127}$")
+MAX_UPLOAD = 100 * 1024 * 1024      # one upload, compressed
+MAX_UNPACKED = 400 * 1024 * 1024    # one upload, unpacked
+MAX_FILES = 1000                    # entries in one upload
+# All of one student's submissions together: repeated uploads cannot fill the course volume,
+# in bytes or in files (inodes), and there is a most per assignment.
 MAX_PER_STUDENT = 1024 * 1024 * 1024
+MAX_FILES_PER_STUDENT = 20000
+MAX_SUBMISSIONS = 100               # per student and assignment
 IGNORE = {".ipynb_checkpoints", "__pycache__", "feedback", ".DS_Store"}
 
 
@@ -79,51 +88,101 @@ def _grader_ids() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def give_to_grader(path: Path) -> None:
-    """Files the service (root) writes belong to the grader user, who collects and grades them."""
+def give_to_grader(path: Path, recursive: bool = True) -> None:
+    """Files the service (root) writes belong to the grader user, who collects and grades them.
+    Links are not followed (lchown, and os.walk does not descend into them)."""
     ids = _grader_ids()
     if ids is None or os.geteuid() != 0:
         return
-    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
-        os.lchown(p, *ids)
+    os.lchown(path, *ids)
+    if not recursive or path.is_symlink() or not path.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), *ids)
 
 
-def safe_extract(data: bytes, dest: Path) -> list[str]:
-    """Unpack a student's tar.gz upload: regular files and folders only, no absolute paths or
-    '..', no links or devices, within the size and count limits. Returns the files' paths."""
-    if len(data) > MAX_UPLOAD:
-        raise ExchangeRefused(f"the upload is larger than {MAX_UPLOAD // 2**20} MiB")
+def _file_size(data) -> int | None:
     try:
-        tar = tarfile.open(fileobj=io.BytesIO(data), mode="r:gz")
-        members = tar.getmembers()
-    except (tarfile.TarError, EOFError, OSError) as exc:
+        return os.fstat(data.fileno()).st_size
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+
+
+def safe_extract(data: bytes | BinaryIO, dest: Path, allowed: set[str] | None = None) -> tuple[list[str], list[str]]:
+    """Unpack a student's tar.gz upload, one member at a time as it is read (never the whole index
+    first): regular files and folders only, no absolute paths or '..', no links or devices, within
+    the size and count limits. With ``allowed``, only those relative paths are kept; the others
+    are skipped and named. Returns (kept files, skipped files). On any refusal ``dest`` is removed."""
+    if isinstance(data, (bytes, bytearray)):
+        size = len(data)
+        data = io.BytesIO(data)
+    else:
+        size = _file_size(data)
+    if size is not None and size > MAX_UPLOAD:
+        raise ExchangeRefused(f"the upload is larger than {MAX_UPLOAD // 2**20} MiB")
+    if dest.exists():
+        raise ExchangeRefused("a submission with this id is being stored: try again")
+    dest.mkdir(parents=True)
+    try:
+        return _extract_members(data, dest, allowed)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _extract_members(data: BinaryIO, dest: Path, allowed: set[str] | None) -> tuple[list[str], list[str]]:
+    files: list[str] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+    count = total = 0
+    try:
+        with tarfile.open(fileobj=data, mode="r|gz") as tar:
+            for m in tar:
+                count += 1
+                if count > MAX_FILES:
+                    raise ExchangeRefused(f"the upload has more than {MAX_FILES} entries")
+                name = m.name[2:] if m.name.startswith("./") else m.name
+                parts = Path(name).parts
+                if name.startswith("/") or ".." in parts or not parts:
+                    raise ExchangeRefused(f"the upload holds a path outside its folder: {m.name!r}")
+                if not (m.isfile() or m.isdir()):
+                    raise ExchangeRefused(f"the upload holds a link or special file: {m.name!r}")
+                if any(not FILE_RE.match(p) for p in parts):
+                    raise ExchangeRefused(f"the upload holds a file name that is not allowed: {m.name!r} "
+                                          "(letters, digits, '.', '_', '-' and spaces only)")
+                rel = "/".join(parts)
+                if m.isdir():
+                    continue  # folders are made for the files kept
+                if allowed is not None and rel not in allowed:
+                    skipped.append(rel)
+                    continue
+                if rel in seen:
+                    raise ExchangeRefused(f"the upload holds {rel!r} twice")
+                seen.add(rel)
+                if m.size > MAX_UPLOAD:
+                    raise ExchangeRefused(f"{rel} is larger than {MAX_UPLOAD // 2**20} MiB")
+                total += m.size
+                if total > MAX_UNPACKED:
+                    raise ExchangeRefused(f"the upload unpacks to more than {MAX_UNPACKED // 2**20} MiB")
+                target = dest.joinpath(*parts)
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                except (FileExistsError, NotADirectoryError):
+                    raise ExchangeRefused(f"the upload holds {rel!r} where a file and a folder have the same name")
+                with tar.extractfile(m) as src, os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                files.append(rel)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise ExchangeRefused(f"the upload is not a tar.gz archive ({exc})") from None
-    if len(members) > MAX_FILES:
-        raise ExchangeRefused(f"the upload has more than {MAX_FILES} files")
-    total = 0
-    files = []
-    for m in members:
-        parts = Path(m.name).parts
-        if m.name.startswith("/") or ".." in parts or not parts:
-            raise ExchangeRefused(f"the upload holds a path outside its folder: {m.name!r}")
-        if not (m.isfile() or m.isdir()):
-            raise ExchangeRefused(f"the upload holds a link or special file: {m.name!r}")
-        total += m.size
-        if total > 4 * MAX_UPLOAD:
-            raise ExchangeRefused("the upload unpacks to more than 400 MiB")
-        if m.isfile():
-            files.append(m.name)
-    dest.mkdir(parents=True, exist_ok=False)
-    for m in members:
-        target = dest.joinpath(*Path(m.name).parts)
-        if m.isdir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tar.extractfile(m) as src, open(target, "wb") as out:
-            shutil.copyfileobj(src, out)
-        os.chmod(target, 0o644)
-    return sorted(files)
+    except OSError as exc:
+        if isinstance(exc, (FileExistsError, NotADirectoryError, IsADirectoryError)):
+            raise ExchangeRefused(f"the upload holds a file and a folder of the same name ({exc.filename})") from None
+        if "gzip" in str(exc).lower() or "compressed" in str(exc).lower():
+            raise ExchangeRefused(f"the upload is not a tar.gz archive ({exc})") from None
+        raise
+    return sorted(files), sorted(skipped)
 
 
 def pack(folder: Path, only: tuple[str, ...] | None = None) -> bytes:
@@ -154,11 +213,12 @@ class Submission:
     late: bool
     notebooks: list[str]
     feedback: list[str]
+    ignored: list[str] = ()
 
     def as_dict(self) -> dict:
         return {"student_id": self.student, "assignment_id": self.assignment, "id": self.id,
                 "timestamp": self.timestamp, "late": self.late, "notebooks": self.notebooks,
-                "feedback": self.feedback}
+                "feedback": self.feedback, "ignored": list(self.ignored)}
 
 
 class ExchangeStore:
@@ -220,37 +280,87 @@ class ExchangeStore:
         shutil.rmtree(self.outbound(assignment), ignore_errors=True)
 
     # -- submissions ---------------------------------------------------------------------------
-    def submit(self, student: str, assignment: str, data: bytes, when: dt.datetime,
+    def release_files(self, assignment: str) -> set[str]:
+        """The relative paths a submission of ``assignment`` may hold: what the release has."""
+        base = self.outbound(assignment)
+        return {str(p.relative_to(base)) for p in base.rglob("*")
+                if p.is_file() and not p.is_symlink() and p.name != "meta.json"}
+
+    def usage(self, student: str) -> tuple[int, int]:
+        """Bytes and files of all of ``student``'s submissions."""
+        self.check(student=student)
+        base = self.root / "inbound" / student
+        size = files = 0
+        if base.is_dir():
+            for dirpath, dirnames, filenames in os.walk(base):
+                files += len(filenames) + len(dirnames)
+                for f in filenames:
+                    try:
+                        size += os.lstat(os.path.join(dirpath, f)).st_size
+                    except OSError:
+                        pass
+        return size, files
+
+    def submit(self, student: str, assignment: str, data: bytes | BinaryIO, when: dt.datetime,
                due: dt.datetime | None) -> Submission:
+        """File an upload as ``student``'s submission of ``assignment``. Only the files the release
+        has are kept (the others are named in ``ignored``); limits are checked before and while
+        unpacking. Blocking: the course service calls it off its event loop."""
         if not self.is_released(assignment):
             raise ExchangeRefused(f"{assignment} is not released")
         sid = submission_id(when)
         folder = self.inbound(student, assignment, sid)
-        used = sum(f.stat().st_size for f in (self.root / "inbound" / student).rglob("*") if f.is_file()) \
-            if (self.root / "inbound" / student).is_dir() else 0
-        if used + len(data) > MAX_PER_STUDENT:
-            raise ExchangeRefused(f"your submissions use {used // 2**20} MiB, the most is "
-                                  f"{MAX_PER_STUDENT // 2**20} MiB: ask the course's teachers")
-        staging = folder.parent / f".{sid}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        files = safe_extract(data, staging)
-        notebooks = sorted(Path(f).stem for f in files if f.endswith(".ipynb") and "/" not in f)
-        if not notebooks:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise ExchangeRefused("the submission has no notebook")
-        late = bool(due and when > due)
-        meta = {"timestamp": timestamp_text(when), "late": late, "files": files, "notebooks": notebooks}
-        (staging / "meta.json").write_text(json.dumps(meta))
-        os.replace(staging, folder)
-        give_to_grader(self.root / "inbound" / student)
+        with self._lock(student):
+            previous = len(self.submissions(student, assignment))
+            if previous >= MAX_SUBMISSIONS:
+                raise ExchangeRefused(f"you have submitted {assignment} {previous} times, the most is "
+                                      f"{MAX_SUBMISSIONS}: ask the course's teachers")
+            used, nfiles = self.usage(student)
+            if used >= MAX_PER_STUDENT or nfiles >= MAX_FILES_PER_STUDENT:
+                raise ExchangeRefused(f"your submissions use {used // 2**20} MiB in {nfiles} files, the most is "
+                                      f"{MAX_PER_STUDENT // 2**20} MiB and {MAX_FILES_PER_STUDENT} files: "
+                                      "ask the course's teachers")
+            allowed = self.release_files(assignment)
+            staging = folder.parent / f".{sid}.partial"
+            files, ignored = safe_extract(data, staging, allowed)
+            try:
+                notebooks = sorted(Path(f).stem for f in files if f.endswith(".ipynb") and "/" not in f)
+                if not notebooks:
+                    wanted = ", ".join(sorted(f for f in allowed if f.endswith(".ipynb")))
+                    raise ExchangeRefused(f"the submission has no notebook of {assignment} (expected: {wanted})")
+                size = sum((staging / f).stat().st_size for f in files)
+                if used + size > MAX_PER_STUDENT or nfiles + len(files) > MAX_FILES_PER_STUDENT:
+                    raise ExchangeRefused(f"this submission would take your submissions past "
+                                          f"{MAX_PER_STUDENT // 2**20} MiB or {MAX_FILES_PER_STUDENT} files: "
+                                          "ask the course's teachers")
+                late = bool(due and when > due)
+                meta = {"timestamp": timestamp_text(when), "late": late, "files": files, "notebooks": notebooks,
+                        "ignored": ignored[:50]}
+                (staging / "meta.json").write_text(json.dumps(meta))
+                os.replace(staging, folder)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        # Only what this upload made (lchown: a link is never followed).
+        for made in (folder.parent.parent, folder.parent):
+            give_to_grader(made, recursive=False)
+        give_to_grader(folder)
         return self.submission(student, assignment, sid)
+
+    _locks: dict[str, threading.Lock] = {}
+    _locks_guard = threading.Lock()
+
+    def _lock(self, student: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(f"{self.root}/{student}", threading.Lock())
 
     def submission(self, student: str, assignment: str, sid: str) -> Submission:
         folder = self.inbound(student, assignment, sid)
         meta = json.loads((folder / "meta.json").read_text())
         fb = self.feedback_dir(student, assignment, sid)
         feedback = sorted(p.stem for p in fb.glob("*.html")) if fb.is_dir() else []
-        return Submission(student, assignment, sid, meta["timestamp"], meta["late"], meta["notebooks"], feedback)
+        return Submission(student, assignment, sid, meta["timestamp"], meta["late"], meta["notebooks"], feedback,
+                          meta.get("ignored", []))
 
     def submissions(self, student: str | None = None, assignment: str | None = None) -> list[Submission]:
         base = self.root / "inbound"

@@ -87,6 +87,8 @@ def lab_config():
     from nbconvert.preprocessors import ClearMetadataPreprocessor
     from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput,
                                         SaveAutoGrades)
+    # Students' notebooks are rendered for staff (formgrader) and into feedback: inert HTML only.
+    c.HTMLExporter.preprocessors = ["hub.formgrader.SanitizeStudentHTML"]
     c.Autograde.autograde_preprocessors = [SandboxExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
                                            SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
     return c

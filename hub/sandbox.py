@@ -10,7 +10,10 @@ The course service calls ``run_notebook`` for every notebook it grades (schedule
 - a wall-time limit, after which it is killed.
 
 The notebook goes in on stdin and comes back on stdout (``images/course/lab-sandbox-exec``), so
-the container never sees another submission, the gradebook or any file of the host. Whatever
+the container never sees another submission, the gradebook or any file of the host. A fresh
+secret goes in on stdin with the notebook; the result counts only when its frame carries that
+secret and the executor exited 0, so a notebook that prints a frame of its own and then stops
+the executor gets nothing (the executor's docstring says why the kernel cannot learn it). Whatever
 goes wrong (a kill at the wall time, a dead kernel, an unreadable result) the caller gets a
 notebook whose code cells carry an error naming the reason, so the tests score 0 and the reason
 is in the gradebook's output and in the log.
@@ -24,6 +27,7 @@ import base64
 import binascii
 import json
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -87,22 +91,30 @@ def _send_stdin(container, payload: bytes) -> None:
         raw.close()
 
 
-def parse_output(stdout: bytes) -> dict | None:
-    at = stdout.rfind(MARKER)
+def parse_output(stdout: bytes, secret: str) -> dict | None:
+    """The result frame that carries this run's ``secret``, or None. Frames without it (or with
+    another) are what the notebook printed, and are ignored."""
+    if not secret:
+        raise ValueError("a sandbox run needs a secret")
+    head = MARKER + secret.encode() + b"\n"
+    at = stdout.rfind(head)
     if at < 0:
         return None
+    body = stdout[at + len(head):].split(b"\n", 1)[0]
     try:
-        return json.loads(base64.b64decode(stdout[at + len(MARKER):].strip(), validate=True).decode("utf-8"))
+        data = json.loads(base64.b64decode(body.strip(), validate=True).decode("utf-8"))
     except (ValueError, UnicodeDecodeError, binascii.Error):
         return None
+    return data if isinstance(data, dict) and "notebook" in data else None
 
 
 def run_notebook(nb: nbformat.NotebookNode, image: str, limits: Limits, label: str = "",
                  labels: dict | None = None, client: docker.DockerClient | None = None) -> Result:
     """Execute ``nb`` in a sandbox; never raises for what the notebook does."""
     client = client or docker.from_env(timeout=120)
-    payload = json.dumps({"notebook": nb, "cell_timeout": limits.cell_timeout,
-                          "limits": limits.describe()}).encode("utf-8")
+    secret = secrets.token_hex(32)
+    payload = json.dumps({"notebook": nb, "cell_timeout": limits.cell_timeout, "limits": limits.describe(),
+                          "secret": secret}).encode("utf-8")
     name = f"mlops-lab-sandbox-{uuid.uuid4().hex[:12]}"
     started = time.monotonic()
     container = client.containers.create(
@@ -128,15 +140,20 @@ def run_notebook(nb: nbformat.NotebookNode, image: str, limits: Limits, label: s
             status = None
             reason = f"stopped after the {limits.wall_seconds} s wall-time limit ({limits.describe()})"
         data = None
+        code = (status or {}).get("StatusCode")
         if not reason:
-            data = parse_output(container.logs(stdout=True, stderr=False))
+            data = parse_output(container.logs(stdout=True, stderr=False), secret)
+            if data is not None and code != 0:
+                # A frame with the secret but the executor did not finish cleanly: not a result.
+                data = None
+                reason = f"the sandbox's executor did not finish (exit {code}); its result is not used"
         if data is None and not reason:
             container.reload()  # only now: was it the memory limit?
             if container.attrs.get("State", {}).get("OOMKilled"):
                 reason = f"killed at the memory limit ({limits.describe()})"
             else:
                 tail = container.logs(stdout=False, stderr=True, tail=5).decode("utf-8", "replace").strip()
-                reason = f"the sandbox gave no result (exit {status.get('StatusCode')}): {tail[-400:]}"
+                reason = f"the sandbox gave no result (exit {code}): {tail[-400:]}"
     finally:
         try:
             container.remove(force=True)

@@ -90,6 +90,7 @@ DEFAULTS: dict[str, Any] = {
                 "client_id": "",
                 "authorize_url": "",
                 "token_url": "",
+                "issuer": "",
                 "username_claim": "preferred_username",
                 "scope": ["openid", "profile", "email"],
             },
@@ -222,6 +223,7 @@ SCHEMA: dict[str, Any] = {
                                 "client_id": {"type": "string"},
                                 "authorize_url": _url,
                                 "token_url": _url,
+                                "issuer": {"type": "string", "description": "the ID token's iss claim"},
                                 "username_claim": {"type": "string", "minLength": 1},
                                 "scope": {"type": "array", "items": {"type": "string"}},
                             },
@@ -562,6 +564,9 @@ def _check_consistency(settings: Settings, lines: dict, name: str, problems: lis
             for key in ("authorize_url", "token_url"):
                 if not o[key] and not o["tenant_id"]:
                     problems.append(f"{where('auth', 'dtu', 'oidc')}: auth.dtu.oidc.{key}: required unless auth.dtu.oidc.tenant_id is set")
+            if not o["issuer"] and not re.match(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$", o["tenant_id"]):
+                problems.append(f"{where('auth', 'dtu', 'oidc')}: auth.dtu.oidc.issuer: required unless auth.dtu.oidc.tenant_id "
+                                "is the tenant's id (a GUID): the ID token's issuer is checked")
             if secrets and not settings.env["LAB_DTU_CLIENT_SECRET"]:
                 problems.append("environment: LAB_DTU_CLIENT_SECRET: required for DTU login by OpenID Connect")
         if settings.get("auth.dtu.enabled") and settings.get("auth.dtu.protocol") == "cas":

@@ -40,6 +40,7 @@ auth:
       client_id: mlops-lab-test
       authorize_url: http://127.0.0.1:{IDP_PORT}/oauth2/authorize
       token_url: http://idp:9400/oauth2/token
+      issuer: http://idp:9400
   github:
     client_id: mlops-lab-demo
     url: http://127.0.0.1:{GITHUB_PORT}
@@ -259,6 +260,7 @@ def lab(tmp_path_factory, lab_settings) -> Lab:
     env_file = workdir / "test.env"
     env_file.write_text("\n".join([
         f"LAB_INSTANCE={INSTANCE}",
+        "LAB_HTTP_BIND=127.0.0.1",
         f"LAB_HTTP_PORT={HTTP_PORT}",
         f"LAB_IDP_PORT={IDP_PORT}",
         f"LAB_IDP_GITHUB_PORT={GITHUB_PORT}",

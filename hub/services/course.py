@@ -38,21 +38,23 @@ import secrets
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo
 
-from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
 from tornado import ioloop, web
 
 from hub import grading
 from hub.coursecal import Calendar, CalendarError, Clock, load_calendar
-from hub.exchange import ExchangeRefused, ExchangeStore, give_to_grader, id_to_time
-from hub.roster import RosterStore
+from hub.exchange import MAX_UPLOAD, ExchangeRefused, ExchangeStore, give_to_grader, id_to_time
+from hub.permissions import may
 from hub.sandbox import Limits, run_notebook
+from hub.services.base import ServiceHandler
 
 log = logging.getLogger("course")
 
@@ -70,7 +72,6 @@ class Course:
         self.course_id = os.environ.get("LAB_COURSE_ID", "mlops-02476")
         self.instance = os.environ.get("LAB_INSTANCE", "mlops-lab")
         self.operators = {n for n in os.environ.get("LAB_OPERATORS", "").split(",") if n}
-        self.roster = RosterStore(os.environ.get("ROSTER_FILE", "/srv/jupyterhub/roster.json"))
         self.calendar: Calendar = load_calendar(self.src / "calendar.yaml", self.src / "source")
         self.store = ExchangeStore(self.root / "exchange")
         self.state_dir = self.root / "state"
@@ -86,6 +87,8 @@ class Course:
         self.workers = int(self.settings.get("workers", 0)) or os.cpu_count() or 1
         self.sandboxes = ThreadPoolExecutor(max_workers=max(self.workers, 2), thread_name_prefix="sandbox")
         self.sandbox_token = secrets.token_hex(32)
+        # Unpacking uploads: a few at a time, off the event loop.
+        self.uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="upload")
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -105,17 +108,6 @@ class Course:
         for sub in ("nbgrader", "exchange", "state"):
             give_to_grader(self.root / sub)
         os.chmod(self.root / "state", 0o750)
-
-    # -- who ----------------------------------------------------------------------------------
-    def role(self, user: dict) -> str | None:
-        name = user.get("name", "")
-        if user.get("kind") == "service":
-            return "instructor" if name == "lab-admin" else None
-        if name in self.operators or user.get("admin"):
-            return "instructor"
-        roster = self.roster.load()
-        person = roster.people.get(name) if roster else None
-        return person.role if person else None
 
     # -- schedule -----------------------------------------------------------------------------
     def schedule(self) -> dict:
@@ -272,49 +264,18 @@ class Course:
 
 # -- handlers ---------------------------------------------------------------------------------------
 
-class Base(HubOAuthenticated, web.RequestHandler):
+class Base(ServiceHandler):
     def initialize(self, course: Course):
         self.course = course
-
-    def check_xsrf_cookie(self):
-        pass  # writes need a token in the Authorization header (checked in need_token)
-
-    def get_login_url(self):
-        # A request with a token that is not (or no longer) good gets 403, not the login page.
-        if self.request.headers.get("Authorization"):
-            raise web.HTTPError(403, "this token may not use the course service (revoked, expired, "
-                                     "or its owner is not on the course roster)")
-        return super().get_login_url()
-
-    def write_json(self, data, status: int = 200):
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(data, indent=1, default=str))
-
-    def write_error(self, status_code, **kwargs):
-        reason = self._reason
-        exc = kwargs.get("exc_info", (None, None))[1]
-        if isinstance(exc, web.HTTPError) and exc.log_message:
-            reason = exc.log_message % exc.args if exc.args else exc.log_message
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"error": reason, "status": status_code}))
+        self.operators = course.operators
 
     @property
     def student(self) -> str:
         user = self.current_user
         if user.get("kind") != "user":
             raise web.HTTPError(403, "only people have assignments")
+        self.need("exchange")
         return user["name"]
-
-    def need_role(self, *roles: str) -> str:
-        role = self.course.role(self.current_user)
-        if role not in roles:
-            raise web.HTTPError(403, f"this needs the role {' or '.join(roles)} (you are {role or 'not on the roster'})")
-        return role
-
-    def need_token(self):
-        if not self.request.headers.get("Authorization", "").lower().startswith(("token ", "bearer ")):
-            raise web.HTTPError(403, "use an API token (Authorization: token ...)")
 
     def released(self, assignment: str):
         try:
@@ -335,7 +296,8 @@ class AssignmentsHandler(Base):
             out.append({"course_id": self.course.course_id, "assignment_id": name,
                         "title": entry.title if entry else name,
                         "due": entry.due.isoformat() if entry else None,
-                        "notebooks": self.course.store.notebooks(name)})
+                        "notebooks": self.course.store.notebooks(name),
+                        "files": sorted(self.course.store.release_files(name))})
         self.write_json({"course_id": self.course.course_id, "now": self.course.clock.now().isoformat(),
                          "assignments": out})
 
@@ -352,18 +314,56 @@ class DownloadHandler(Base):
         self.finish(data)
 
 
+@web.stream_request_body
 class SubmitHandler(Base):
-    @web.authenticated
-    def post(self, assignment):
+    """A submission streams into a temporary file, refused as soon as it passes the size limit
+    (checked against Content-Length first, and again as it arrives), and is unpacked off the
+    event loop, so a big or crafted upload never stalls anyone else's request."""
+
+    upload = None
+
+    async def prepare(self):
+        if self.request.method != "POST":
+            return
+        if self.current_user is None:
+            raise web.HTTPError(403, "log in, or use your server's API token")
         self.need_token()
+        self.student  # noqa: B018 (enrolled?)
+        try:
+            length = int(self.request.headers.get("Content-Length", "0"))
+        except ValueError:
+            raise web.HTTPError(400, "bad Content-Length")
+        if length > MAX_UPLOAD:
+            raise web.HTTPError(413, f"the upload is larger than {MAX_UPLOAD // 2**20} MiB")
+        self.request.connection.set_max_body_size(MAX_UPLOAD)
+        self.received = 0
+        self.upload = tempfile.TemporaryFile(prefix="lab-upload-")
+
+    def data_received(self, chunk: bytes):
+        if self.upload is None:
+            return
+        self.received += len(chunk)
+        if self.received > MAX_UPLOAD:
+            raise web.HTTPError(413, f"the upload is larger than {MAX_UPLOAD // 2**20} MiB")
+        self.upload.write(chunk)
+
+    def on_finish(self):
+        if self.upload is not None:
+            self.upload.close()
+
+    async def post(self, assignment):
         student = self.student
         entry = self.released(assignment)
         now = self.course.clock.now()
+        self.upload.seek(0)
         try:
-            sub = self.course.store.submit(student, assignment, self.request.body, now, entry.due if entry else None)
+            sub = await ioloop.IOLoop.current().run_in_executor(
+                self.course.uploads, self.course.store.submit, student, assignment, self.upload, now,
+                entry.due if entry else None)
         except ExchangeRefused as exc:
             raise web.HTTPError(400, str(exc))
-        log.info("%s submitted %s at %s%s", student, assignment, sub.timestamp, " (late)" if sub.late else "")
+        log.info("%s submitted %s at %s%s%s", student, assignment, sub.timestamp, " (late)" if sub.late else "",
+                 f"; left out: {', '.join(sub.ignored)}" if sub.ignored else "")
         self.write_json(sub.as_dict(), 201)
 
 
@@ -393,7 +393,7 @@ class ActionHandler(Base):
     @web.authenticated
     def post(self, assignment, action):
         self.need_token()
-        self.need_role("instructor")
+        self.need("course.manage")
         if self.course.calendar.get(assignment) is None:
             raise web.HTTPError(404, f"no assignment {assignment} in the course calendar")
         job = self.course.enqueue(assignment, action, self.current_user["name"])
@@ -403,7 +403,7 @@ class ActionHandler(Base):
 class StatusHandler(Base):
     @web.authenticated
     def get(self):
-        self.need_role("instructor", "ta")
+        self.need("course.view")
         self.write_json({"now": self.course.clock.now().isoformat(), "schedule": self.course.schedule(),
                          "jobs": self.course.jobs[-50:], "assignments": self.course.overview()})
 
@@ -412,7 +412,7 @@ class ClockHandler(Base):
     @web.authenticated
     def put(self):
         self.need_token()
-        self.need_role("instructor")
+        self.need("course.manage")
         try:
             when = dt.datetime.fromisoformat(json.loads(self.request.body)["now"])
             self.course.clock.set(when)
@@ -428,7 +428,7 @@ class ClockHandler(Base):
 class GradesHandler(Base):
     @web.authenticated
     async def get(self):
-        self.need_role("instructor", "ta")
+        self.need("course.view")
         text = await ioloop.IOLoop.current().run_in_executor(None, grading.grades_csv)
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="{self.course.course_id}-grades.csv"')
@@ -472,7 +472,7 @@ def _histogram(scores: list[float], maximum: float | None, bins: int = 10) -> st
 class DashboardHandler(Base):
     @web.authenticated
     async def get(self):
-        role = self.need_role("instructor", "ta")
+        role = self.need("course.view")
         rows = await ioloop.IOLoop.current().run_in_executor(None, self.course.overview)
         prefix = os.environ["JUPYTERHUB_SERVICE_PREFIX"]
         out = []
@@ -513,7 +513,7 @@ class HomeHandler(Base):
     @web.authenticated
     def get(self):
         prefix = os.environ["JUPYTERHUB_SERVICE_PREFIX"]
-        if self.course.role(self.current_user) in ("instructor", "ta"):
+        if may(self.role, "course.view"):
             self.redirect(url_path_join(prefix, "dashboard"))
             return
         tz = ZoneInfo(self.course.calendar.timezone)
@@ -592,11 +592,12 @@ def main() -> None:
         (url_path_join(prefix, "dashboard"), DashboardHandler, kw),
         (prefix.rstrip("/") + "/?", HomeHandler, kw),
         (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
-    ], cookie_secret=os.urandom(32), max_body_size=200 * 1024 * 1024)
+    ], cookie_secret=os.urandom(32))
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
-    app.listen(url.port, url.hostname)
-    sandbox = web.Application([(r"/run", SandboxHandler, kw)], max_body_size=200 * 1024 * 1024)
-    sandbox.listen(10104, "127.0.0.1")
+    # Request bodies: small everywhere (JSON); the submit handler raises its own limit per request.
+    app.listen(url.port, url.hostname, max_body_size=1024 * 1024)
+    sandbox = web.Application([(r"/run", SandboxHandler, kw)])
+    sandbox.listen(10104, "127.0.0.1", max_body_size=200 * 1024 * 1024)
     loop = ioloop.IOLoop.current()
     signal.signal(signal.SIGTERM, lambda *_: loop.add_callback_from_signal(loop.stop))
     loop.add_callback(course.scheduler)

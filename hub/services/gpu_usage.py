@@ -15,18 +15,19 @@ import signal
 import time
 from urllib.parse import urlparse
 
-from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
 from tornado import ioloop, web
 
 from hub.gpu import Allocator
+from hub.services.base import ServiceHandler
 
 
 def _when(ts: float | None) -> str:
     return "running" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
-class UsageHandler(HubOAuthenticated, web.RequestHandler):
+class UsageHandler(ServiceHandler):
     def initialize(self, state_path: str):
         self.state_path = state_path
 

@@ -28,10 +28,11 @@ import signal
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
-from jupyterhub.services.auth import HubOAuthenticated, HubOAuthCallbackHandler
+from jupyterhub.services.auth import HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
 from tornado import httpclient, ioloop, web
 
+from hub.services.base import ServiceHandler
 from hub.roster import (DEFAULT_ID_DOMAINS, DEFAULT_ID_PATTERN, ROLE_GROUPS, Roster, RosterError, RosterStore, diff,
                         parse_roster)
 
@@ -153,27 +154,17 @@ class RosterService:
         log.error("could not sync the roster with the hub at start")
 
 
-class BaseAPIHandler(HubOAuthenticated, web.RequestHandler):
+class BaseAPIHandler(ServiceHandler):
     def initialize(self, service: RosterService):
         self.service = service
-
-    def check_xsrf_cookie(self):
-        pass  # token-authenticated API; cookie-authenticated writes are refused below
-
-    def write_json(self, data, status: int = 200):
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(data, indent=1))
-
-    def require_token(self):
-        if not self.request.headers.get("Authorization", "").lower().startswith(("token ", "bearer ")):
-            raise web.HTTPError(403, "use an API token (Authorization: token ...) to change the roster")
+        self.operators = service.syncer.operators
 
 
 class ImportHandler(BaseAPIHandler):
     @web.authenticated
     async def post(self):
-        self.require_token()
+        self.need_token()
+        self.need("roster.import")
         filename = os.path.basename(self.get_argument("filename", "roster.csv")) or "roster.csv"
         dry_run = self.get_argument("dry_run", "0").lower() in ("1", "true", "yes")
         who = self.current_user.get("name")
@@ -190,13 +181,15 @@ class ImportHandler(BaseAPIHandler):
 class SyncHandler(BaseAPIHandler):
     @web.authenticated
     async def post(self):
-        self.require_token()
+        self.need_token()
+        self.need("roster.import")
         self.write_json(await self.service.sync_stored())
 
 
 class RosterHandler(BaseAPIHandler):
     @web.authenticated
     def get(self):
+        self.need("roster.import")
         roster = self.service.store.load()
         if roster is None:
             self.write_json({"people": [], "source": None})
@@ -219,7 +212,7 @@ def main() -> None:
         (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
     ], cookie_secret=os.urandom(32))
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
-    app.listen(url.port, url.hostname)
+    app.listen(url.port, url.hostname, max_body_size=16 * 1024 * 1024)
     loop = ioloop.IOLoop.current()
     signal.signal(signal.SIGTERM, lambda *_: loop.add_callback_from_signal(loop.stop))
     loop.add_callback(service.startup, os.environ.get("ROSTER_DEMO_FILE", ""))

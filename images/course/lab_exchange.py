@@ -109,9 +109,10 @@ class LabSubmit(LabExchangeClient, ExchangeSubmit):
         if not os.path.isdir(src):
             self.fail(f"There is no folder {src}: fetch {assignment} first.")
         released = self.call("GET", "api/assignments").json()["assignments"]
-        expected = next((a["notebooks"] for a in released if a["assignment_id"] == assignment), None)
-        if expected is None:
+        entry = next((a for a in released if a["assignment_id"] == assignment), None)
+        if entry is None:
             self.fail(f"{assignment} is not released.")
+        expected = entry["notebooks"]
         have = {os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(src, "*.ipynb"))}
         missing = sorted(set(expected) - have)
         if missing:
@@ -119,19 +120,29 @@ class LabSubmit(LabExchangeClient, ExchangeSubmit):
             if self.strict:
                 self.fail(message)
             self.log.warning(message)
+        # A submission holds the assignment's own files (its notebooks and the data files it came
+        # with); the course service keeps nothing else, so nothing else is sent.
+        wanted = set(entry.get("files") or [f"{n}.ipynb" for n in expected])
         limit = self.coursedir.max_file_size * 1024
         buf = io.BytesIO()
+        left_out = []
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             for root, dirs, files in os.walk(src):
                 dirs[:] = sorted(d for d in dirs if d not in IGNORE and not d.startswith("."))
                 for name in sorted(files):
                     path = os.path.join(root, name)
+                    rel = os.path.relpath(path, src)
                     if name in IGNORE or os.path.islink(path):
+                        continue
+                    if rel not in wanted:
+                        left_out.append(rel)
                         continue
                     if os.path.getsize(path) > limit:
                         self.log.warning("Not submitting %s: larger than %d kB", path, self.coursedir.max_file_size)
                         continue
-                    tar.add(path, arcname=os.path.relpath(path, src), recursive=False)
+                    tar.add(path, arcname=rel, recursive=False)
+        if left_out:
+            self.log.info("Not submitted (not part of the assignment): %s", ", ".join(left_out[:20]))
         sub = self.call("POST", f"api/assignments/{assignment}/submit", data=buf.getvalue()).json()
         self.log.info("Submitted as: %s %s %s%s", sub["assignment_id"], sub["student_id"], sub["timestamp"],
                       " (after the due time: marked late)" if sub["late"] else "")

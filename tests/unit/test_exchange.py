@@ -35,6 +35,8 @@ def store(tmp_path):
     release = tmp_path / "release" / "a1"
     release.mkdir(parents=True)
     (release / "a1.ipynb").write_text("{}")
+    (release / "data").mkdir()
+    (release / "data" / "x.csv").write_text("0")
     s.release("a1", release)
     return s
 
@@ -104,15 +106,93 @@ def test_collect_copies_the_latest_on_time_submission_once(store, tmp_path):
 
 
 def test_safe_extract_keeps_folders(tmp_path):
-    files = safe_extract(tar({"a1.ipynb": b"{}", "data/x.csv": b"1"}), tmp_path / "out")
-    assert files == ["a1.ipynb", "data/x.csv"] and (tmp_path / "out" / "data" / "x.csv").read_text() == "1"
+    files, skipped = safe_extract(tar({"a1.ipynb": b"{}", "data/x.csv": b"1"}), tmp_path / "out")
+    assert files == ["a1.ipynb", "data/x.csv"] and skipped == []
+    assert (tmp_path / "out" / "data" / "x.csv").read_text() == "1"
 
 
-def test_sandbox_result_is_the_last_marked_block_and_survives_markers_inside():
+def test_a_submission_keeps_only_the_files_the_release_has(store):
+    """A config file nbgrader would load, a hidden file or a script next to the notebook is not
+    stored; the answer names what was left out."""
+    sub = store.submit("s230001", "a1", tar({"a1.ipynb": b"{}", "nbgrader_config.py": b"import os",
+                                             "jupyter_server_config.py": b"x", "data/x.csv": b"1",
+                                             "notes/more.ipynb": b"{}"}),
+                       dt.datetime(2027, 1, 5, tzinfo=UTC), None)
+    folder = store.inbound("s230001", "a1", sub.id)
+    assert sorted(p.name for p in folder.rglob("*") if p.is_file()) == ["a1.ipynb", "meta.json", "x.csv"]
+    assert sub.ignored == ["jupyter_server_config.py", "nbgrader_config.py", "notes/more.ipynb"]
+
+
+def test_a_file_then_a_folder_of_the_same_name(store, tmp_path):
+    """An archive with ``x`` and then ``x/y``: unpacked freely it is refused with a message and
+    leaves nothing; as a submission, ``x/y`` is not part of the assignment and is left out."""
+    with pytest.raises(ExchangeRefused, match="same name"):
+        safe_extract(tar({"x": b"file", "x/y": b"1"}), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    sub = store.submit("s230001", "a1", tar({"a1.ipynb": b"{}", "a1.ipynb/y": b"1"}),
+                       dt.datetime(2027, 1, 5, tzinfo=UTC), None)
+    assert sub.notebooks == ["a1"] and sub.ignored == ["a1.ipynb/y"]
+
+
+@pytest.mark.parametrize("entries, message", [
+    ({"a1.ipynb": b"{}", ".bashrc": b"x"}, "not allowed"),
+    ({"a1.ipynb\nx": b"{}"}, "not allowed"),
+])
+def test_bad_member_combinations_get_a_clear_refusal_and_leave_nothing(store, entries, message):
+    with pytest.raises(ExchangeRefused, match=message):
+        store.submit("s230001", "a1", tar(entries), dt.datetime(2027, 1, 5, tzinfo=UTC), None)
+    assert store.submissions("s230001") == []
+    assert not any(p.name.endswith(".partial") for p in store.root.rglob("*"))
+
+
+def test_the_same_file_twice_is_refused(store):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        for _ in range(2):
+            info = tarfile.TarInfo("a1.ipynb")
+            info.size = 2
+            t.addfile(info, io.BytesIO(b"{}"))
+    with pytest.raises(ExchangeRefused, match="twice"):
+        store.submit("s230001", "a1", buf.getvalue(), dt.datetime(2027, 1, 5, tzinfo=UTC), None)
+
+
+def test_too_many_entries_are_refused_while_reading(store, monkeypatch):
+    import hub.exchange as exchange
+    monkeypatch.setattr(exchange, "MAX_FILES", 10)
+    entries = {f"junk{i}": b"" for i in range(50)}
+    with pytest.raises(ExchangeRefused, match="more than 10 entries"):
+        store.submit("s230001", "a1", tar(entries), dt.datetime(2027, 1, 5, tzinfo=UTC), None)
+
+
+def test_submissions_per_assignment_and_files_per_student_are_limited(store, monkeypatch):
+    import hub.exchange as exchange
+    monkeypatch.setattr(exchange, "MAX_SUBMISSIONS", 2)
+    for minute in (1, 2):
+        store.submit("s230001", "a1", tar({"a1.ipynb": b"{}"}), dt.datetime(2027, 1, 5, 10, minute, tzinfo=UTC), None)
+    with pytest.raises(ExchangeRefused, match="submitted a1 2 times, the most is 2"):
+        store.submit("s230001", "a1", tar({"a1.ipynb": b"{}"}), dt.datetime(2027, 1, 5, 10, 3, tzinfo=UTC), None)
+    monkeypatch.setattr(exchange, "MAX_SUBMISSIONS", 100)
+    monkeypatch.setattr(exchange, "MAX_FILES_PER_STUDENT", 8)
+    with pytest.raises(ExchangeRefused, match="8 files"):
+        store.submit("s230001", "a1", tar({"a1.ipynb": b"{}", "data/x.csv": b"1"}),
+                     dt.datetime(2027, 1, 5, 10, 4, tzinfo=UTC), None)
+    assert len(store.submissions("s230001")) == 2
+
+
+def test_sandbox_result_counts_only_with_the_runs_secret():
     import base64
     real = {"notebook": {"cells": [{"source": MARKER.decode()}]}, "reason": ""}
-    forged = b"\n" + MARKER + b"\nnot base64 at all\n"
-    out = forged + b"noise" + b"\n" + MARKER + b"\n" + base64.b64encode(json.dumps(real).encode()) + b"\n"
-    assert parse_output(out) == real
-    assert parse_output(b"nothing here") is None
-    assert parse_output(out + MARKER + b"\n{forged json}\n") is None
+    forged_nb = {"notebook": {"cells": [{"source": "full marks"}]}, "reason": ""}
+
+    def frame(secret: bytes, data: dict) -> bytes:
+        return b"\n" + MARKER + secret + b"\n" + base64.b64encode(json.dumps(data).encode()) + b"\n"
+
+    out = b"\n" + MARKER + b"\nnot base64 at all\n" + b"noise" + frame(b"s3cret", real)
+    assert parse_output(out, "s3cret") == real
+    assert parse_output(b"nothing here", "s3cret") is None
+    # A frame the notebook printed (no secret, or a guessed one) is ignored, before or after.
+    assert parse_output(out + frame(b"", forged_nb), "s3cret") == real
+    assert parse_output(frame(b"guess", forged_nb) + frame(b"", forged_nb), "s3cret") is None
+    assert parse_output(out + MARKER + b"s3cret\n{forged json}\n", "s3cret") is None
+    with pytest.raises(ValueError):
+        parse_output(out, "")

@@ -121,11 +121,22 @@ def test_live_logins_need_their_client_ids_and_secrets(tmp_path):
 
 
 def test_entra_tenant_and_github_app_are_enough(tmp_path):
-    """A tenant id fills the Entra URLs; with both secrets, live logins load."""
-    text = ("auth:\n  demo: false\n  dtu:\n    oidc:\n      tenant_id: dtu.dk\n      client_id: lab\n"
-            "  github:\n    client_id: Iv1.abc\n")
+    """A tenant id fills the Entra URLs and the expected issuer; with both secrets, live logins load."""
+    text = ("auth:\n  demo: false\n  dtu:\n    oidc:\n      tenant_id: %s\n      client_id: lab\n"
+            "  github:\n    client_id: Iv1.abc\n" % "f81f9b5a-3e36-4a1e-9f8d-4b5f2e1c0d11")
     s = load(tmp_path, text, LAB_DTU_CLIENT_SECRET="x", LAB_GITHUB_CLIENT_SECRET="y")
     assert s.demo is False
+
+
+def test_a_tenant_domain_needs_the_issuer_spelled_out(tmp_path):
+    """Entra's ID tokens name the tenant by its id, so with a domain the issuer must be given."""
+    text = ("auth:\n  demo: false\n  dtu:\n    oidc:\n      tenant_id: dtu.dk\n      client_id: lab\n"
+            "  github:\n    enabled: false\n")
+    found = "\n".join(problems(tmp_path, text, LAB_DTU_CLIENT_SECRET="x"))
+    assert "lab.yaml:4: auth.dtu.oidc.issuer: required unless auth.dtu.oidc.tenant_id is the tenant's id" in found
+    s = load(tmp_path, text.replace("client_id: lab\n", "client_id: lab\n      issuer: https://login.microsoftonline.com/%s/v2.0\n" % "f81f9b5a-3e36-4a1e-9f8d-4b5f2e1c0d11"),
+             LAB_DTU_CLIENT_SECRET="x")
+    assert s.get("auth.dtu.oidc.issuer").endswith("/v2.0")
 
 
 def test_cas_needs_no_client_secret(tmp_path):

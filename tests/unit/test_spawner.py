@@ -110,15 +110,20 @@ def test_demo_logins_use_the_bundled_peers(tmp_path):
     assert roster["environment"]["ROSTER_DEMO_FILE"].endswith("demo-roster.csv")
 
 
+TENANT = "f81f9b5a-3e36-4a1e-9f8d-4b5f2e1c0d11"
+
+
 def test_live_logins_use_entra_cas_and_github_settings(tmp_path):
     """Live: Entra URLs from the tenant, the secrets from the environment, no demo notice or roster."""
-    text = ("auth:\n  demo: false\n  admin_users: [abc]\n  dtu:\n    oidc:\n      tenant_id: dtu.dk\n"
+    text = (f"auth:\n  demo: false\n  admin_users: [abc]\n  dtu:\n    oidc:\n      tenant_id: {TENANT}\n"
             "      client_id: lab\n  github:\n    client_id: Iv1.abc\n")
     c = config_for(tmp_path, text, LAB_DTU_CLIENT_SECRET="s3cret", LAB_GITHUB_CLIENT_SECRET="gh")
     p = providers(c)
     dtu, github = p["/dtu"]["config"], p["/github"]["config"]
-    assert dtu["authorize_url"] == "https://login.microsoftonline.com/dtu.dk/oauth2/v2.0/authorize"
-    assert dtu["token_url"] == "https://login.microsoftonline.com/dtu.dk/oauth2/v2.0/token"
+    assert dtu["authorize_url"] == f"https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/authorize"
+    assert dtu["token_url"] == f"https://login.microsoftonline.com/{TENANT}/oauth2/v2.0/token"
+    assert dtu["expected_issuer"] == f"https://login.microsoftonline.com/{TENANT}/v2.0"
+    assert dtu["expected_tenant"] == TENANT
     assert dtu["client_secret"] == "s3cret" and dtu["username_claim"] == "preferred_username"
     assert github["client_secret"] == "gh" and github["github_url"] == "https://github.com"
     assert "github_api" not in github  # OAuthenticator's default: https://api.github.com

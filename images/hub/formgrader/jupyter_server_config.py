@@ -1,6 +1,7 @@
 # The formgrader service (instructors and TAs, at /services/formgrader/): nbgrader's formgrader
-# over the course folder, with no kernels, no terminals and a read-only contents API
-# (hub/formgrader.py says why).
+# over the course folder, with no kernels, no terminals, a read-only contents API, no
+# configuration from a request, writes for instructors only, sanitised student work and a
+# nonce CSP on every page (hub/formgrader.py says why).
 c = get_config()  # noqa: F821
 
 c.ServerApp.root_dir = "/srv/course/nbgrader"
@@ -13,4 +14,5 @@ c.ServerApp.jpserver_extensions = {
     "nbgrader.server_extensions.assignment_list": False,
     "nbgrader.server_extensions.course_list": False,
     "nbgrader.server_extensions.validate_assignment": False,
+    "hub.formgrader": True,
 }
