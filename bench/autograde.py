@@ -40,12 +40,10 @@ root, assignment, m = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 src = Path("/srv/lab/course/source") / assignment
 (root / "state" / "grading").mkdir(parents=True)
 (root / "exchange").mkdir()
-shutil.copy("/srv/course/state/sandbox-token", root / "state" / "sandbox-token")
 shutil.copytree(src, root / "nbgrader" / "source" / assignment)
 os.environ["LAB_COURSE_ROOT"] = str(root)
 from hub import grading
 grading.COURSE_ROOT = root
-grading.SANDBOX_TOKEN_FILE = root / "state" / "sandbox-token"
 api = grading.api()
 result = api.generate_assignment(assignment, force=True, create=True)
 assert result["success"], result
@@ -81,7 +79,7 @@ print(json.dumps(out))
 
 FLOOR = r'''
 import json, time, requests, nbformat
-token = open("/srv/course/state/sandbox-token").read().strip()
+token = open("/run/lab-sandbox/token").read().strip()
 nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("pass")])
 t = time.monotonic()
 r = requests.post("http://127.0.0.1:10104/run", json={"notebook": nb, "label": "bench/floor"},

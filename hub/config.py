@@ -308,8 +308,9 @@ COURSE_SRC = "/srv/lab/course"
 
 
 def course_services(settings: Settings) -> list[dict]:
-    """The course service (exchange, calendar, sandboxed grading, dashboard, export) and the
-    formgrader for staff; both appear in the hub's Services menu for instructors and TAs."""
+    """The course service (exchange, calendar, grading jobs, dashboard, export), the sandbox
+    runner, and the formgrader for staff; the course service and the formgrader appear in the
+    hub's Services menu for instructors and TAs."""
     grading = dict(settings.get("grading"))
     env = {
         "LAB_COURSE_ROOT": COURSE_ROOT,
@@ -326,11 +327,21 @@ def course_services(settings: Settings) -> list[dict]:
         grader_env["LAB_GRADEBOOK_URL"] = env["LAB_GRADEBOOK_URL"] = settings.env["LAB_GRADEBOOK_URL"]
     return [
         {
+            # As the grader user, who owns the course volume: nothing here runs as root.
             "name": "course",
             "url": "http://127.0.0.1:10103",
             "command": [sys.executable, "-m", "hub.services.course"],
-            "environment": env,
+            "user": "grader",
+            "cwd": COURSE_ROOT,
+            "environment": {**env, "HOME": f"{COURSE_ROOT}/state/home"},
             "oauth_no_confirm": True,
+        },
+        {
+            # The sandbox runner: root (it starts containers), on 127.0.0.1 only, not proxied.
+            "name": "sandbox",
+            "command": [sys.executable, "-m", "hub.services.sandbox"],
+            "environment": {k: env[k] for k in ("LAB_COURSE_ROOT", "LAB_COURSE_IMAGE", "LAB_INSTANCE", "LAB_GRADING")},
+            "display": False,
         },
         {
             "name": "formgrader",

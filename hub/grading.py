@@ -5,9 +5,9 @@ the course service's calendar).
 
 nbgrader does the grading itself: it restores the original test cells, scores the outputs and
 keeps the gradebook. We change one step: instead of its ``Execute`` preprocessor, which runs
-student code in nbgrader's own process, ``SandboxExecute`` sends the notebook to the course
-service, which runs it in a throw-away container (``hub.sandbox``). The grader user has no
-Docker access; only the course service does. nbgrader's ``autograde`` is serial and, if stopped,
+student code in nbgrader's own process, ``SandboxExecute`` sends the notebook to the sandbox
+runner (``hub.services.sandbox``), which runs it in a throw-away container (``hub.sandbox``).
+The grader user has no Docker access; only the sandbox runner does. nbgrader's ``autograde`` is serial and, if stopped,
 cannot tell a half-done submission from a done one; ``autograde_all`` runs one nbgrader
 autograde per submission in N worker processes and keeps a ledger (submission timestamp, score,
 reason) written after each one, so a rerun skips exactly what is done.
@@ -43,7 +43,7 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 COURSE_ROOT = Path(os.environ.get("LAB_COURSE_ROOT", "/srv/course"))
 COURSE_SRC = Path(os.environ.get("LAB_COURSE_SRC", "/srv/lab/course"))
 SANDBOX_URL = os.environ.get("LAB_SANDBOX_URL", "http://127.0.0.1:10104")
-SANDBOX_TOKEN_FILE = COURSE_ROOT / "state" / "sandbox-token"
+SANDBOX_TOKEN_FILE = Path("/run/lab-sandbox/token")  # hub.services.sandbox writes it (root, grader group)
 
 log = logging.getLogger("grading")
 
@@ -100,7 +100,7 @@ REASONS: list[str] = []  # what the sandbox reported for the notebooks this proc
 
 
 class SandboxExecute(NbGraderPreprocessor):
-    """nbgrader's Execute step, done by the course service in a sandbox container."""
+    """nbgrader's Execute step, done by the sandbox runner in a sandbox container."""
 
     def preprocess(self, nb, resources):
         import nbformat

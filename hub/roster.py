@@ -19,6 +19,7 @@ provider's user names), so this module is ours.
 from __future__ import annotations
 
 import csv
+import grp
 import io
 import json
 import os
@@ -32,6 +33,7 @@ DEFAULT_ID_PATTERN = r"^(s[0-9]{6}|[a-z]{2,8})$"
 DEFAULT_ID_DOMAINS = ("dtu.dk", "student.dtu.dk")
 ROLES = ("student", "ta", "instructor")
 # The hub group of each role; RBAC roles are granted to the groups (hub.config.course_roles).
+READER_GROUP = "grader"  # may read the stored roster (hub image: the course's grader user)
 ROLE_GROUPS = {"student": "students", "ta": "tas", "instructor": "instructors"}
 
 # Role names, as our own format and DTU Learn (Brightspace, English and Danish) write them.
@@ -340,5 +342,15 @@ class RosterStore:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".roster-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(roster.to_json())
-        os.chmod(tmp, 0o640)
+        self.share(tmp)
         os.replace(tmp, self.path)
+
+    def share(self, path: str | os.PathLike | None = None) -> None:
+        """Readable by root and the course's grader processes (grades export), nobody else."""
+        path = path or self.path
+        try:
+            os.chmod(path, 0o640)
+            if os.geteuid() == 0:
+                os.chown(path, 0, grp.getgrnam(READER_GROUP).gr_gid, follow_symlinks=False)
+        except (KeyError, FileNotFoundError):
+            pass

@@ -1,8 +1,11 @@
 """The course service, hub-managed at ``/services/course/``: the assignment exchange, the
-calendar that releases and grades on time, the sandbox that runs students' code for grading,
-the course dashboard and the grades export.
+calendar that releases and grades on time, the course dashboard and the grades export. It runs
+as the unprivileged ``grader`` user, who owns the course volume; only the sandbox runner
+(``hub.services.sandbox``) runs as root.
 
-Who may do what is decided by the hub token (every request) and the roster role:
+Who may do what is decided by the hub token (every request) and the course role from the hub's
+groups, by the one table of ``hub.permissions``; cookie-authenticated requests need XSRF
+(``hub.services.base``):
 
 - **Everyone enrolled** (their server's token carries ``access:services!service=course``):
   ``GET api/assignments`` (released ones only), ``GET api/assignments/A/download``,
@@ -16,10 +19,10 @@ Who may do what is decided by the hub token (every request) and the roster role:
   ACTION release | collect | autograde | feedback | deadline; ``PUT api/clock`` when
   ``grading.test_clock`` is on (tests move time forward instead of sleeping).
 
-The grading work runs as the ``grader`` user (``python -m hub.grading``), which has no Docker
-access; the notebooks it grades come back here, to ``127.0.0.1:10104/run`` (not reachable
-through the proxy, and guarded by a token only the grader user can read), and run in a
-sandbox container (``hub.sandbox``).
+The grading work runs as the ``grader`` user too (``python -m hub.grading``), which has no
+Docker access; the notebooks it grades go to the sandbox runner at ``127.0.0.1:10104/run``
+(not reachable through the proxy, and guarded by a token only root and the grader group can
+read), and run in a sandbox container (``hub.sandbox``).
 
 Ours because nbgrader's exchange is not safe across containers (see ``hub.exchange``) and
 nbgrader has no calendar, no sandbox and no dashboard.
@@ -33,15 +36,12 @@ import html
 import json
 import logging
 import os
-import pwd
-import secrets
 import shutil
 import signal
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo
 
@@ -51,10 +51,10 @@ from tornado import ioloop, web
 
 from hub import grading
 from hub.coursecal import Calendar, CalendarError, Clock, load_calendar
-from hub.exchange import MAX_UPLOAD, ExchangeRefused, ExchangeStore, give_to_grader, id_to_time
+from hub.exchange import MAX_UPLOAD, ExchangeRefused, ExchangeStore, id_to_time
 from hub.permissions import may
-from hub.sandbox import Limits, run_notebook
 from hub.services.base import ServiceHandler
+from hub.services.sandbox import limits_from
 
 log = logging.getLogger("course")
 
@@ -68,7 +68,6 @@ class Course:
         self.root = grading.COURSE_ROOT
         self.src = grading.COURSE_SRC
         self.settings = json.loads(os.environ.get("LAB_GRADING", "{}"))
-        self.image = os.environ["LAB_COURSE_IMAGE"]
         self.course_id = os.environ.get("LAB_COURSE_ID", "mlops-02476")
         self.instance = os.environ.get("LAB_INSTANCE", "mlops-lab")
         self.operators = {n for n in os.environ.get("LAB_OPERATORS", "").split(",") if n}
@@ -80,33 +79,23 @@ class Course:
         self.jobs: list[dict] = []
         self.queue: asyncio.Queue = asyncio.Queue()
         self.wake = asyncio.Event()
-        self.limits = Limits(cpus=float(self.settings.get("cpus", 1.0)), mem=str(self.settings.get("mem_limit", "1G")),
-                             pids=int(self.settings.get("pids_limit", 128)),
-                             wall_seconds=int(self.settings.get("wall_seconds", 900)),
-                             cell_timeout=int(self.settings.get("cell_timeout", 300)))
+        self.limits = limits_from(self.settings)
         self.workers = int(self.settings.get("workers", 0)) or os.cpu_count() or 1
-        self.sandboxes = ThreadPoolExecutor(max_workers=max(self.workers, 2), thread_name_prefix="sandbox")
-        self.sandbox_token = secrets.token_hex(32)
         # Unpacking uploads: a few at a time, off the event loop.
         self.uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="upload")
 
     # -- set-up -------------------------------------------------------------------------------
     def prepare(self) -> None:
-        """Folders on the course-data volume, owned by the grader; the sandbox token; the sources
-        of assignments not yet released (released ones keep the version students got)."""
+        """Folders on the course-data volume (this service runs as the grader user, who owns it);
+        the sources of assignments not yet released (released ones keep the version students got)."""
         for sub in ("nbgrader/source", "exchange", "state/grading", "state/home"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        token_file = grading.SANDBOX_TOKEN_FILE
-        token_file.write_text(self.sandbox_token)
-        os.chmod(token_file, 0o600)
         for name in self.calendar.assignments:
             dest = self.root / "nbgrader" / "source" / name
             if self.store.is_released(name) and dest.is_dir():
                 continue
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(self.src / "source" / name, dest)
-        for sub in ("nbgrader", "exchange", "state"):
-            give_to_grader(self.root / sub)
         os.chmod(self.root / "state", 0o750)
 
     # -- schedule -----------------------------------------------------------------------------
@@ -201,12 +190,10 @@ class Course:
         return env
 
     async def run_as_grader(self, args: list[str]) -> tuple[int, str]:
-        kw = {}
-        if os.geteuid() == 0:
-            kw = {"user": "grader", "group": "grader", "extra_groups": []}
+        """``python -m hub.grading ARGS``, as this service's own user (the grader)."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "hub.grading", *args, env=self.grader_env(), cwd=str(self.state_dir / "home"),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, **kw)
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         lines = []
         async for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip()
@@ -540,31 +527,6 @@ You may submit as often as you like; the last submission before the due time is 
 </body></html>""")
 
 
-class SandboxHandler(web.RequestHandler):
-    """127.0.0.1:10104 only: run one notebook for the grader user's processes."""
-
-    def initialize(self, course: Course):
-        self.course = course
-
-    def check_xsrf_cookie(self):
-        pass
-
-    async def post(self):
-        if not secrets.compare_digest(self.request.headers.get("Authorization", ""),
-                                      f"token {self.course.sandbox_token}"):
-            raise web.HTTPError(403)
-        request = json.loads(self.request.body)
-        import nbformat
-        nb = nbformat.from_dict(request["notebook"])
-        label = str(request.get("label", ""))[:200]
-        result = await ioloop.IOLoop.current().run_in_executor(
-            self.course.sandboxes, lambda: run_notebook(nb, self.course.image, self.course.limits, label,
-                                                        labels={"mlops-lab.instance": self.course.instance,
-                                                                "mlops-lab.grading": label[:60]}))
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"notebook": result.notebook, "reason": result.reason, "seconds": result.seconds}))
-
-
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[course %(levelname)s %(asctime)s] %(message)s")
     try:
@@ -596,8 +558,6 @@ def main() -> None:
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
     # Request bodies: small everywhere (JSON); the submit handler raises its own limit per request.
     app.listen(url.port, url.hostname, max_body_size=1024 * 1024)
-    sandbox = web.Application([(r"/run", SandboxHandler, kw)])
-    sandbox.listen(10104, "127.0.0.1", max_body_size=200 * 1024 * 1024)
     loop = ioloop.IOLoop.current()
     signal.signal(signal.SIGTERM, lambda *_: loop.add_callback_from_signal(loop.stop))
     loop.add_callback(course.scheduler)

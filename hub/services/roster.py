@@ -140,6 +140,7 @@ class RosterService:
 
     async def startup(self, demo_file: str) -> None:
         """Import the demo roster in demo mode when none is stored, then sync (once the hub answers)."""
+        self.store.share()  # a roster stored by an older version: readable by the grader group too
         if demo_file and self.store.load() is None:
             roster = parse_roster(Path(demo_file).read_bytes(), "demo-roster.csv", self.id_pattern, self.id_domains)
             self.store.save(roster)

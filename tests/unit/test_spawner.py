@@ -165,17 +165,21 @@ def test_admin_token_becomes_a_service_with_admin_scopes(tmp_path):
 def test_no_admin_token_no_admin_service(tmp_path):
     """Without a token there is no automation service at all."""
     c = config_for(tmp_path)
-    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "gpu-usage", "roster", "course", "formgrader"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "gpu-usage", "roster", "course", "sandbox",
+                                                         "formgrader"]
 
 
 def test_course_services_their_access_and_the_student_token(tmp_path):
     """The exchange is reachable with a student's server token, but only through a role the
-    roster's groups carry; the formgrader runs as the unprivileged grader, for staff only."""
+    roster's groups carry; the course service and the formgrader run as the unprivileged
+    grader; only the sandbox runner is root, and the proxy does not route to it."""
     import json
     c = config_for(tmp_path, "grading:\n  workers: 3\n  mem_limit: 2G\n")
     services = {s["name"]: s for s in c.JupyterHub.services}
-    course, formgrader = services["course"], services["formgrader"]
-    assert course["url"] == "http://127.0.0.1:10103" and "user" not in course  # root: it runs the sandboxes
+    course, formgrader, sandbox = services["course"], services["formgrader"], services["sandbox"]
+    assert course["url"] == "http://127.0.0.1:10103" and course["user"] == "grader"
+    assert "user" not in sandbox and "url" not in sandbox  # root (it starts containers), not proxied
+    assert json.loads(sandbox["environment"]["LAB_GRADING"])["workers"] == 3
     grading = json.loads(course["environment"]["LAB_GRADING"])
     assert grading["workers"] == 3 and grading["mem_limit"] == "2G" and grading["test_clock"] is False
     assert formgrader["user"] == "grader" and formgrader["cwd"] == "/srv/lab/formgrader"
