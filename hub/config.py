@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+from jupyterhub.utils import subdomain_hook_idna
+
 from .profiles import profiles_from_settings
 from .roster import ROLE_GROUPS
 from .settings import Settings
@@ -34,6 +36,10 @@ def apply(c, settings: Settings) -> None:
 def update_hub(c, settings: Settings) -> None:
     """The hub process, its proxy, database and state folder."""
     c.JupyterHub.bind_url = "http://0.0.0.0:8000"
+    # Every student's server on its own origin (<student>.<host>), every service on its own
+    # (<service>--service.<host>), the hub on <host>: a page a student's server serves cannot act
+    # with the session of the staff member who opens it.
+    c.JupyterHub.subdomain_host = public_origin(settings)
     c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
     c.JupyterHub.hub_connect_url = settings.env["LAB_HUB_CONNECT_URL"]
     c.JupyterHub.db_url = settings.get("hub.db_url")
@@ -49,6 +55,23 @@ def update_hub(c, settings: Settings) -> None:
             " where anyone can sign in as one of the demo people. Set <code>auth.demo: false</code> and"
             " register the lab with DTU and GitHub before students use it."
         )}
+
+
+def public_origin(settings: Settings) -> str:
+    public = urlparse(settings.env["LAB_PUBLIC_URL"])
+    return f"{public.scheme}://{public.netloc}"
+
+
+def service_host(settings: Settings, name: str) -> str:
+    """The host name of a hub service (JupyterHub gives each its own subdomain)."""
+    return subdomain_hook_idna(name, urlparse(settings.env["LAB_PUBLIC_URL"]).hostname, "service")
+
+
+def service_url(settings: Settings, name: str) -> str:
+    """A service's public URL, as browsers reach it."""
+    public = urlparse(settings.env["LAB_PUBLIC_URL"])
+    port = f":{public.port}" if public.port else ""
+    return f"{public.scheme}://{service_host(settings, name)}{port}/services/{name}/"
 
 
 ROSTER_FILE = "/srv/jupyterhub/roster.json"
@@ -205,6 +228,8 @@ def update_spawner(c, settings: Settings) -> None:
     # The Assignments panel's exchange: the course service, through the proxy, with this server's token.
     hub_host = urlparse(settings.env["LAB_HUB_CONNECT_URL"]).hostname or "hub"
     env["LAB_COURSE_URL"] = f"http://{hub_host}:8000/services/course/"
+    # The proxy routes by host name: the course service's own, sent as the Host header.
+    env["LAB_COURSE_HOST"] = service_host(settings, "course")
     env.update(settings.get("spawner.environment"))
     s.environment = env
     # The server's own token may also reach the course service (for people whose roster role allows it).
@@ -319,6 +344,7 @@ def course_services(settings: Settings) -> list[dict]:
         "LAB_INSTANCE": settings.instance,
         "LAB_GRADING": json.dumps(grading),
         "LAB_OPERATORS": ",".join(settings.get("auth.admin_users")),
+        "LAB_FORMGRADER_URL": service_url(settings, "formgrader"),
         "ROSTER_FILE": ROSTER_FILE,
     }
     grader_env = {"LAB_COURSE_ROOT": COURSE_ROOT, "LAB_COURSE_SRC": COURSE_SRC,

@@ -17,9 +17,10 @@ shows of a student's work cannot act in the browser of the staff member who read
   (``SanitizeStudentHTML``: markdown and HTML outputs through bleach, no scripts, SVG,
   JavaScript outputs, event handlers or ``javascript:`` links). Every HTML page carries a
   Content-Security-Policy whose scripts must bear a fresh nonce that only the page's own
-  ``<head>`` gets (``StaffPageCSP``), so even HTML that got past the sanitiser runs no script.
-  A student's files served by the formgrader (``.../files/...``) get a sandboxing CSP and
-  ``nosniff``.
+  scripts get, never the part where a student's notebook is shown (``StaffPageCSP``), so even
+  HTML that got past the sanitiser runs no script.
+  A student's files served by the formgrader (``.../submissions/<id>/<file>``) get a
+  sandboxing CSP and ``nosniff``.
 
 Ours because nbgrader's formgrader assumes a trusted single-user course folder; these are the
 smallest changes that make it safe to show untrusted students' work to staff.
@@ -148,12 +149,17 @@ def staff_page_csp(nonce: str) -> str:
 
 
 SCRIPT_TAG = re.compile(rb"<script\b", re.I)
+SUBMISSION_FILE = re.compile(r"/formgrader/submissions/(?!components/)[^/]+/[^/]+")
 
 
 def add_nonces(body: bytes, nonce: str) -> bytes:
-    """Give the nonce to the scripts of the page's own <head> (nbgrader's templates), and to
-    nothing in the body, where a student's work is shown."""
-    at = body.lower().find(b"</head>")
+    """Give the nonce to the page's own scripts: those before the student's notebook on a
+    submission page (nbgrader's head and navigation bar), those of the <head> elsewhere; never
+    to anything where a student's work is shown."""
+    lower = body.lower()
+    at = lower.find(b'id="notebook-container"')
+    if at < 0:
+        at = lower.find(b"</head>")
     if at < 0:
         return body
     head = SCRIPT_TAG.sub(b'<script nonce="' + nonce.encode() + b'"', body[:at])
@@ -165,7 +171,8 @@ class StaffPageCSP(web.OutputTransform):
 
     def __init__(self, request):
         self.request = request
-        self.files = "/files/" in request.path and "/formgrader/submissions/" in request.path
+        # nbgrader serves a submission's own files at .../formgrader/submissions/<id>/<file>
+        self.files = bool(SUBMISSION_FILE.search(request.path))
 
     def transform_first_chunk(self, status_code, headers, chunk, finishing):
         headers["X-Content-Type-Options"] = "nosniff"

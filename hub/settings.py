@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import jsonschema
 import yaml
@@ -468,6 +469,14 @@ def _check_env(environ: dict[str, str], problems: list[str]) -> dict[str, str | 
                  "LAB_IDP_CAS_PUBLIC_URL"):
         if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", env[name] or ""):
             problems.append(f"environment: {name}={env[name]!r} is not an http(s) URL")
+    public = urlparse(env["LAB_PUBLIC_URL"] or "")
+    if public.hostname and (re.fullmatch(r"[0-9.]+", public.hostname) or ":" in public.hostname):
+        problems.append(f"environment: LAB_PUBLIC_URL={env['LAB_PUBLIC_URL']!r}: use a host name, not an address: every "
+                        "student's server gets its own origin under it (<student>.<host>), which needs a name "
+                        "(http://localhost:8000 on one machine; a wildcard DNS name and certificate on a server)")
+    elif public.path.strip("/"):
+        problems.append(f"environment: LAB_PUBLIC_URL={env['LAB_PUBLIC_URL']!r}: the lab is served at the root of its "
+                        "host name; drop the path")
     gradebook = env["LAB_GRADEBOOK_URL"]
     if gradebook and not re.fullmatch(r"(postgresql(\+psycopg2)?://\S+|sqlite:////\S+)", gradebook):
         # the value may hold a password: name the variable, not its value

@@ -15,11 +15,14 @@ env_file="${LAB_ENV_FILE:-.env}"
 [ -f "$env_file" ] && { set -a; . "$env_file"; set +a; }
 [ -n "${LAB_ADMIN_API_TOKEN:-}" ] || die "LAB_ADMIN_API_TOKEN is empty in $env_file (make up creates one)"
 url="${LAB_URL:-http://127.0.0.1:${LAB_HTTP_PORT:-8000}}"
+# The proxy routes each service by its own host name (roster--service.<the lab's host>).
+host="roster--service.$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlparse(sys.argv[1]).hostname)' \
+  "${LAB_PUBLIC_URL:-http://localhost:8000}")"
 dry="${DRY_RUN:-0}"
 name=$(basename "$file")
 out=$(mktemp); trap 'rm -f "$out"' EXIT
 code=$(curl -sS -o "$out" -w '%{http_code}' -X POST \
-  -H "Authorization: token $LAB_ADMIN_API_TOKEN" -H "Content-Type: text/csv" \
+  -H "Authorization: token $LAB_ADMIN_API_TOKEN" -H "Content-Type: text/csv" -H "Host: $host" \
   --data-binary "@$file" \
   "$url/services/roster/api/import?filename=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$name")&dry_run=$dry") \
   || die "the lab does not answer at $url (is it running? make up)"

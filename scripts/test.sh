@@ -82,5 +82,5 @@ if [ "$step" = ansible ]; then
   exec .venv/bin/python -m pytest tests/ansible -q -rs -p no:cacheprovider
 fi
 
-say "integration and browser tests (against a separate lab instance, mlops-lab-test), then the Ansible playbook's"
-exec .venv/bin/python -m pytest tests/integration tests/browser tests/ansible -q -rs -p no:cacheprovider
+say "integration, browser and security tests (against a separate lab instance, mlops-lab-test), then the Ansible playbook's"
+exec .venv/bin/python -m pytest tests/integration tests/browser tests/security tests/ansible -q -rs -p no:cacheprovider

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import time
 import uuid
@@ -23,6 +24,20 @@ IDP_PORT = int(os.environ.get("LAB_TEST_IDP_PORT", "19400"))
 GITHUB_PORT = IDP_PORT + 1
 CAS_PORT = IDP_PORT + 2
 TAG = os.environ.get("LAB_IMAGE_TAG") or (ROOT / "VERSION").read_text().strip()
+HOST = "localhost"  # every student's server and every service is on a subdomain of it
+
+# Chromium resolves <anything>.localhost to the loopback address by itself; the tests' own HTTP
+# clients (requests, websocket-client) go through this, so they reach the same origins.
+_getaddrinfo = socket.getaddrinfo
+
+
+def _loopback_getaddrinfo(host, *args, **kwargs):
+    if isinstance(host, str) and (host == HOST or host.endswith("." + HOST)):
+        host = "127.0.0.1"
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = _loopback_getaddrinfo
 
 
 # The test lab: fake GPU devices (the host has none: GPU containers can be created, not started),
@@ -102,7 +117,7 @@ class Lab:
         self.env_file = env_file
         self.settings_file = settings_file
         self.token = token
-        self.url = f"http://127.0.0.1:{HTTP_PORT}"
+        self.url = f"http://{HOST}:{HTTP_PORT}"
         self.idp_url = f"http://127.0.0.1:{IDP_PORT}"
         self.github_url = f"http://127.0.0.1:{GITHUB_PORT}"
         self.cas_url = f"http://127.0.0.1:{CAS_PORT}"
@@ -110,6 +125,14 @@ class Lab:
         self.course_image = f"mlops-lab/course:{TAG}"
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"token {token}"
+
+    def user_url(self, name: str) -> str:
+        """A student's server, on its own origin: http://<name>.localhost:PORT/user/<name>"""
+        return f"http://{name}.{HOST}:{HTTP_PORT}/user/{name}"
+
+    def service_url(self, name: str) -> str:
+        """A hub service, on its own origin: http://<name>--service.localhost:PORT/services/<name>"""
+        return f"http://{name}--service.{HOST}:{HTTP_PORT}/services/{name}"
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         cmd = ["docker", "compose", "--project-directory", str(ROOT), "--env-file", str(self.env_file),
@@ -159,8 +182,8 @@ class Lab:
         while time.monotonic() < deadline:
             try:
                 if requests.get(f"{self.url}/hub/health", timeout=2).ok and \
-                        self.session.get(f"{self.url}/services/gpu-usage/?format=json", timeout=5).ok and \
-                        self.session.get(f"{self.url}/services/roster/api/roster", timeout=5).ok:
+                        self.session.get(f"{self.service_url('gpu-usage')}/?format=json", timeout=5).ok and \
+                        self.session.get(f"{self.service_url('roster')}/api/roster", timeout=5).ok:
                     return
             except requests.RequestException:
                 pass
@@ -179,14 +202,14 @@ class Lab:
     def import_roster(self, text: str | bytes, filename: str = "roster.csv", dry_run: bool = False) -> requests.Response:
         """Import a roster through the roster service's API, as `make roster` does."""
         data = text.encode() if isinstance(text, str) else text
-        return self.session.post(f"{self.url}/services/roster/api/import",
+        return self.session.post(f"{self.service_url('roster')}/api/import",
                                  params={"filename": filename, "dry_run": int(dry_run)}, data=data, timeout=120)
 
     # -- the course service ---------------------------------------------------------------------
     def course(self, method: str, path: str, token: str | None = None, **kw) -> requests.Response:
         """Call the course service through the proxy (with the admin token, or ``token``)."""
         headers = {"Authorization": f"token {token or self.token}"}
-        return requests.request(method, f"{self.url}/services/course/{path}", headers=headers, timeout=120, **kw)
+        return requests.request(method, f"{self.service_url('course')}/{path}", headers=headers, timeout=120, **kw)
 
     def set_clock(self, when: str) -> None:
         r = self.course("PUT", "api/clock", json={"now": when})
@@ -220,7 +243,7 @@ class Lab:
 
     def server_api(self, name: str, method: str, path: str, **kw) -> requests.Response:
         """Call a user's JupyterLab REST API through the proxy, with the admin token."""
-        return self.session.request(method, f"{self.url}/user/{name}/api{path}", timeout=60, **kw)
+        return self.session.request(method, f"{self.user_url(name)}/api{path}", timeout=60, **kw)
 
 
 def docker(*args: str, check: bool = True) -> str:
@@ -267,7 +290,7 @@ def lab(tmp_path_factory, lab_settings) -> Lab:
         f"LAB_IDP_CAS_PORT={CAS_PORT}",
         "LAB_DTU_CLIENT_SECRET=any-secret-the-mock-accepts",
         "LAB_GITHUB_CLIENT_SECRET=demo-github",
-        f"LAB_PUBLIC_URL=http://127.0.0.1:{HTTP_PORT}",
+        f"LAB_PUBLIC_URL=http://{HOST}:{HTTP_PORT}",
         f"LAB_IDP_PUBLIC_URL=http://127.0.0.1:{IDP_PORT}",
         f"LAB_ADMIN_API_TOKEN={token}",
         f"LAB_IMAGE_TAG={TAG}",

@@ -487,7 +487,7 @@ figure{{margin:0}} figcaption{{font-size:12px;color:#444}} section{{border-top:1
 </head><body><h1>Course dashboard: {html.escape(self.course.course_id)}</h1>
 <p>Course time: {html.escape(self.course.clock.now().astimezone(ZoneInfo(self.course.calendar.timezone)).strftime("%Y-%m-%d %H:%M %Z"))}.
 You are {html.escape(self.current_user["name"])} ({role}).
-<a href="/services/formgrader/formgrader">Formgrader</a> ·
+<a href="{html.escape(os.environ.get("LAB_FORMGRADER_URL", "/services/formgrader/"))}formgrader">Formgrader</a> ·
 <a href="{url_path_join(prefix, 'api/grades.csv')}">Grades (CSV)</a></p>
 {''.join(out)}</body></html>"""
         self.finish(page)

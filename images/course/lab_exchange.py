@@ -8,7 +8,8 @@ privacy between containers that run as the same UID. Here, the student's contain
 exchange at all: the service files each upload under the id the token proves and answers only
 with released assignments and the student's own submissions and feedback.
 
-Environment (set by the hub's spawner): ``LAB_COURSE_URL``, ``JUPYTERHUB_API_TOKEN``.
+Environment (set by the hub's spawner): ``LAB_COURSE_URL``, ``LAB_COURSE_HOST`` (the service's host name,
+which the proxy routes by), ``JUPYTERHUB_API_TOKEN``.
 """
 
 from __future__ import annotations
@@ -32,13 +33,18 @@ IGNORE = {".ipynb_checkpoints", "__pycache__", "feedback", ".DS_Store"}
 class LabExchangeClient(Exchange):
     url = Unicode(os.environ.get("LAB_COURSE_URL", "http://hub:8000/services/course/"),
                   help="The course service, as this server reaches it.").tag(config=True)
+    host = Unicode(os.environ.get("LAB_COURSE_HOST", ""),
+                   help="The course service's host name: the proxy routes by it (every service has its own).").tag(config=True)
     max_upload_mb = Unicode("100").tag(config=True)
 
     def call(self, method: str, path: str, **kw) -> requests.Response:
         token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
         url = self.url.rstrip("/") + "/" + path.lstrip("/")
+        headers = {"Authorization": f"token {token}"}
+        if self.host:
+            headers["Host"] = self.host
         try:
-            r = requests.request(method, url, headers={"Authorization": f"token {token}"}, timeout=300, **kw)
+            r = requests.request(method, url, headers=headers, timeout=300, **kw)
         except requests.RequestException as exc:
             self.fail(f"The course service cannot be reached ({exc}). Try again in a minute.")
         if r.status_code >= 400:

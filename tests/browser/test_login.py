@@ -80,7 +80,7 @@ def test_dtu_and_github_logins_reach_the_same_server_and_home(lab, browser):
 
     login_github(lab, page, "ada-lovelace")
     page.wait_for_url("**/user/s230001/**", timeout=120_000)
-    page.goto(f"{lab.url}/user/s230001/files/from-dtu.txt")
+    page.goto(f"{lab.user_url('s230001')}/files/from-dtu.txt")
     expect(page.get_by_text("written after the DTU login")).to_be_visible()
     assert lab.api("GET", "/users/ada-lovelace").status_code == 404  # no second user
     page.context.close()
@@ -119,7 +119,7 @@ def test_ta_opens_a_students_server_and_students_cannot(lab, browser):
     ta = new_page(browser)
     login_dtu(lab, ta, "tahe")
     ta.wait_for_url(f"{lab.url}/hub/**")
-    ta.goto(f"{lab.url}/user/s230001/lab")
+    ta.goto(f"{lab.user_url('s230001')}/lab")
     # JupyterHub asks the TA to confirm access to someone else's server.
     authorize = ta.get_by_role("button", name="Authorize")
     try:
@@ -136,7 +136,7 @@ def test_ta_opens_a_students_server_and_students_cannot(lab, browser):
     student = new_page(browser, 1200, 800)
     login_dtu(lab, student, "s230002")
     student.wait_for_url(f"{lab.url}/hub/**")
-    response = student.goto(f"{lab.url}/user/s230001/lab")
+    response = student.goto(f"{lab.user_url('s230001')}/lab")
     expect(student.get_by_text("403")).to_be_visible()
     assert "/user/s230001/lab" not in student.url or response.status == 403
     expect(student.locator(".jp-Launcher")).to_have_count(0)

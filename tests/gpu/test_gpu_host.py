@@ -39,8 +39,8 @@ def test_gpu_server_trains_on_its_own_device(lab):
     assert result["count"] == 1  # only the allocated device is visible
     assert result["visible"].startswith(("GPU-", "MIG-"))
     assert result["last"] < result["first"]
-    usage = lab.session.get(f"{lab.url}/services/gpu-usage/?format=json", timeout=30).json()
+    usage = lab.session.get(f"{lab.service_url('gpu-usage')}/?format=json", timeout=30).json()
     assert any(p["user"] == name and p["end"] is None for p in usage["periods"])
     lab.stop(name)
-    usage = lab.session.get(f"{lab.url}/services/gpu-usage/?format=json", timeout=30).json()
+    usage = lab.session.get(f"{lab.service_url('gpu-usage')}/?format=json", timeout=30).json()
     assert all(p["end"] is not None for p in usage["periods"] if p["user"] == name)

@@ -14,7 +14,7 @@ def execute(lab, user: str, code: str, timeout: float = 180) -> dict:
     r = lab.server_api(user, "POST", "/kernels", json={"name": "python3"})
     assert r.status_code == 201, r.text
     kernel_id = r.json()["id"]
-    ws_url = lab.url.replace("http", "ws", 1) + f"/user/{user}/api/kernels/{kernel_id}/channels"
+    ws_url = lab.user_url(user).replace("http", "ws", 1) + f"/api/kernels/{kernel_id}/channels"
     ws = websocket.create_connection(ws_url, header=[f"Authorization: token {lab.token}"], timeout=timeout)
     try:
         msg_id = uuid.uuid4().hex

@@ -34,7 +34,7 @@ def test_each_jupyterlab_answers_through_the_proxy(lab, two_students):
         status = lab.server_api(name, "GET", "/status")
         assert status.status_code == 200
         # Students have nbgrader's assignment list, not the instructors' formgrader.
-        formgrader = lab.session.get(f"{lab.url}/user/{name}/formgrader", timeout=30)
+        formgrader = lab.session.get(f"{lab.user_url(name)}/formgrader", timeout=30)
         assert formgrader.status_code == 404
 
 
@@ -121,18 +121,18 @@ def test_requests_without_a_valid_token_are_refused(lab, two_students):
     r = anon.post(f"{lab.url}/hub/api/users/{a}/server", headers={"Authorization": "token " + "0" * 64}, timeout=30)
     assert r.status_code == 403
     # The server itself: no token is sent to log in, a bad token is refused.
-    r = anon.get(f"{lab.url}/user/{a}/api/contents", allow_redirects=False, timeout=30)
+    r = anon.get(f"{lab.user_url(a)}/api/contents", allow_redirects=False, timeout=30)
     assert r.status_code in (302, 403) and "content" not in r.text
     if r.status_code == 302:
         assert "/hub/" in r.headers["Location"]
-    r = anon.get(f"{lab.url}/user/{a}/api/contents", headers={"Authorization": "token " + "0" * 64},
+    r = anon.get(f"{lab.user_url(a)}/api/contents", headers={"Authorization": "token " + "0" * 64},
                  allow_redirects=False, timeout=30)
     assert r.status_code in (302, 403) and "content" not in r.text
     # A student's own token works on their own server and not on another's.
     token_b = lab.api("POST", f"/users/{b}/tokens", json={"note": "test", "expires_in": 600}).json()["token"]
-    own = anon.get(f"{lab.url}/user/{b}/api/contents", headers={"Authorization": f"token {token_b}"}, timeout=30)
+    own = anon.get(f"{lab.user_url(b)}/api/contents", headers={"Authorization": f"token {token_b}"}, timeout=30)
     assert own.status_code == 200
-    other = anon.get(f"{lab.url}/user/{a}/api/contents", headers={"Authorization": f"token {token_b}"},
+    other = anon.get(f"{lab.user_url(a)}/api/contents", headers={"Authorization": f"token {token_b}"},
                      allow_redirects=False, timeout=30)
     assert other.status_code in (403, 404) and "content" not in other.text
     r = anon.post(f"{lab.url}/hub/api/users/{a}/server", headers={"Authorization": f"token {token_b}"}, timeout=30)

@@ -57,7 +57,7 @@ def test_gpu_container_requests_exactly_the_allocated_device(lab, tmp_path):
 
 
 def usage(lab):
-    r = lab.session.get(f"{lab.url}/services/gpu-usage/?format=json", timeout=30)
+    r = lab.session.get(f"{lab.service_url('gpu-usage')}/?format=json", timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -89,7 +89,7 @@ def test_gpu_hours_are_for_staff_only(lab):
     """Staff (the admin token) read GPU hours; a student's token does not."""
     name = lab.new_user("curious")
     token = lab.api("POST", f"/users/{name}/tokens", json={"expires_in": 600}).json()["token"]
-    r = requests.get(f"{lab.url}/services/gpu-usage/?format=json", headers={"Authorization": f"token {token}"},
+    r = requests.get(f"{lab.service_url('gpu-usage')}/?format=json", headers={"Authorization": f"token {token}"},
                      timeout=30, allow_redirects=False)
     assert r.status_code in (302, 403)
     assert "hours_by_user" in usage(lab)

@@ -20,7 +20,7 @@ def roster_command(lab, path, dry_run=False) -> subprocess.CompletedProcess:
 
 
 def stored(lab) -> dict:
-    r = lab.session.get(f"{lab.url}/services/roster/api/roster", timeout=30)
+    r = lab.session.get(f"{lab.service_url('roster')}/api/roster", timeout=30)
     assert r.ok, r.text
     return r.json()
 
@@ -101,7 +101,7 @@ def test_only_staff_tokens_may_import(lab):
         assert r.status_code == 201, r.text
         return r.json()["token"]
 
-    url = f"{lab.url}/services/roster/api/import"
+    url = f"{lab.service_url('roster')}/api/import"
     for name, allowed in (("s230001", False), ("tahe", False), ("teacher", True)):
         r = requests.post(url, params={"dry_run": 1}, data=TEST_ROSTER.encode(),
                           headers={"Authorization": f"token {token_for(name)}"}, timeout=60)

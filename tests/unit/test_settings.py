@@ -208,3 +208,13 @@ def test_a_bad_gradebook_url_is_named_without_its_password(tmp_path):
     assert "LAB_GRADEBOOK_URL is not a postgresql://" in str(err.value) and "hunter2" not in str(err.value)
     ok = load_settings(path, environ={"LAB_GRADEBOOK_URL": "postgresql://u:p@db/gradebook"})
     assert ok.env["LAB_GRADEBOOK_URL"] == "postgresql://u:p@db/gradebook"
+
+
+@pytest.mark.parametrize("url, message", [
+    ("http://127.0.0.1:8000", "use a host name, not an address"),
+    ("http://[::1]:8000", "use a host name, not an address"),
+    ("https://lab.example.dk/lab", "drop the path"),
+])
+def test_the_public_url_must_be_a_host_name_at_its_root(tmp_path, url, message):
+    """Students' servers live on subdomains of it, which an address or a path cannot give."""
+    assert any(message in p for p in problems(tmp_path, LAB_PUBLIC_URL=url))

@@ -248,3 +248,15 @@ def test_isolation_requires_the_firewall_before_any_start(tmp_path):
     assert config_for(tmp_path).CourseSpawner.require_netguard is True
     off = config_for(tmp_path, "network:\n  isolate: false\n")
     assert off.CourseSpawner.require_netguard is False
+
+
+def test_student_servers_and_services_each_get_their_own_origin(tmp_path):
+    """The hub on the public host, each student's server on <name>.<host>, each service on
+    <name>--service.<host>; the student's exchange client names the course service's host."""
+    c = config_for(tmp_path, LAB_PUBLIC_URL="https://lab.example.dk")
+    assert c.JupyterHub.subdomain_host == "https://lab.example.dk"
+    assert c.CourseSpawner.environment["LAB_COURSE_HOST"] == "course--service.lab.example.dk"
+    [course] = [s for s in c.JupyterHub.services if s["name"] == "course"]
+    assert course["environment"]["LAB_FORMGRADER_URL"] == "https://formgrader--service.lab.example.dk/services/formgrader/"
+    local = config_for(tmp_path)
+    assert local.JupyterHub.subdomain_host == "http://localhost:8000"
