@@ -138,13 +138,20 @@ def test_converge_then_idempotent_then_backup_and_restore(target_host):
     redirect = target("curl", "-s", "--resolve", "lab.test:80:127.0.0.1", "-o", "/dev/null", "-w",
                       "%{http_code} %{redirect_url}", "http://lab.test/hub/health").stdout
     assert redirect.startswith("308 https://lab.test/hub/health")
+    # A student's server and a service each have their own name under lab.test, covered by the
+    # wildcard certificate (checked against Caddy's own CA, host name included).
+    root_ca = "/var/lib/caddy/.local/share/caddy/pki/authorities/local/root.crt"
+    for name in ("s230001.lab.test", "course--service.lab.test"):
+        answer = target("curl", "-s", "--cacert", root_ca, "--resolve", f"{name}:443:127.0.0.1", "-o", "/dev/null",
+                        "-w", "%{http_code} %{ssl_verify_result}", f"https://{name}/hub/health", check=False)
+        assert answer.returncode == 0 and answer.stdout.split()[1] == "0", (name, answer.stdout, answer.stderr)
     # Only 22, 80 and 443 are open; the lab's own port listens on 127.0.0.1 only.
     rules = target("nft", "list", "table", "inet", "lab_firewall").stdout
     assert "policy drop" in rules and re.search(r"tcp dport \{ 22, 80, 443 \} accept", rules)
     assert "127.0.0.1:8000->8000" in target("docker", "ps", "--format", "{{.Ports}}").stdout
     # The roster was imported.
     token = re.search(r"lab_admin_api_token: (\w+)", target_host.read_text()).group(1)
-    people = target("curl", "-s", "-H", f"Authorization: token {token}",
+    people = target("curl", "-s", "-H", f"Authorization: token {token}", "-H", "Host: roster--service.lab.test",
                     "http://127.0.0.1:8000/services/roster/api/roster").stdout
     assert '"s230001"' in people and '"teacher"' in people
 
@@ -164,7 +171,7 @@ def test_converge_then_idempotent_then_backup_and_restore(target_host):
     assert recap(changed)["changed"] == 3, changed[-3000:]  # lab.yaml, the services' restart, the roster
     assert "mem_limit: 3G" in target("cat", "/opt/mlops-lab/lab.yaml").stdout
     assert started("mlops-lab-idp-1") == idp_before and started("mlops-lab-hub-1") != hub_before
-    people = target("curl", "-s", "-H", f"Authorization: token {token}",
+    people = target("curl", "-s", "-H", f"Authorization: token {token}", "-H", "Host: roster--service.lab.test",
                     "http://127.0.0.1:8000/services/roster/api/roster").stdout
     assert '"s230002"' in people
 

@@ -73,7 +73,7 @@ def attack_from_another_container(course):
     attack = textwrap.dedent(f"""
         import io, json, os, socket, tarfile, requests
         base = os.environ["LAB_COURSE_URL"].rstrip("/")
-        h = {{"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]}}
+        h = {{"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"], "Host": os.environ["LAB_COURSE_HOST"]}}
         out = {{}}
         def code(method, path, **kw):
             try:
@@ -98,7 +98,8 @@ def attack_from_another_container(course):
         out["staff"] = {{p: code(m, p) for m, p in (("GET", "api/status"), ("GET", "api/grades.csv"), ("GET", "dashboard"),
                                                   ("POST", "api/assignments/{A}/collect"), ("PUT", "api/clock"))}}
         fg = base.replace("/services/course", "/services/formgrader")
-        out["formgrader"] = [requests.get(fg + p, headers=h, allow_redirects=False, timeout=20).status_code
+        fh = {{**h, "Host": h["Host"].replace("course--service", "formgrader--service")}}
+        out["formgrader"] = [requests.get(fg + p, headers=fh, allow_redirects=False, timeout=20).status_code
                              for p in ("/formgrader", "/formgrader/api/submissions/{A}", "/api/contents/submitted")]
         ports = {{}}
         for port in (10103, 10104, 10105):
