@@ -8,8 +8,8 @@ The login page offers one button per identity provider, through ``jupyterhub-mul
 - GitHub by OAuthenticator's GitHub client (its URLs settable, as for GitHub Enterprise).
 
 Each provider's identity is mapped to the person's DTU id through the roster (``hub.roster``):
-a DTU login is its id (``S123456``, ``s123456@dtu.dk`` -> ``s123456``), a GitHub login is looked
-up in the roster's GitHub column. So both logins reach the same hub user, home and server.
+a DTU login is its id (``S123456``, ``s123456@dtu.dk`` -> ``s123456``), a GitHub login is matched
+by GitHub's numeric account id, which the roster import looked up for the roster's GitHub column. So both logins reach the same hub user, home and server.
 Someone not on the roster, or a GitHub account the roster does not link, gets a page saying so
 and what to do, not a bare 403. ``refresh_user`` re-checks the roster on every request, so a
 person removed from the roster loses access at their next request without a hub restart.
@@ -84,8 +84,18 @@ class CourseAuthenticator(MultiAuthenticator):
                 "Nothing is lost: your work here is kept while you are off the roster.</p>")
         return LoginRefused("Not enrolled in this course", text, page)
 
-    def github_not_linked(self, login: str) -> LoginRefused:
+    def github_not_linked(self, login: str, renamed: bool = False) -> LoginRefused:
         contact = html.escape(self.contact)
+        if renamed:
+            text = (f"The GitHub account {login} is not the account linked to this course: its login was linked "
+                    f"when the roster was imported, and it now belongs to another GitHub account. Log in with DTU, "
+                    f"or ask {self.contact} to import the roster again.")
+            page = (f"<p>The GitHub account <b>{html.escape(login)}</b> is <b>not the account linked</b> to this "
+                    "course: the login was linked when the roster was imported, and it now belongs to another "
+                    "GitHub account (renamed, or deleted and registered again).</p>"
+                    f"<ul><li>Log in with <b>DTU</b> instead.</li><li>If this is your account, ask {contact} to "
+                    "import the roster again.</li></ul><p><a href='/hub/login'>Back to the login page</a></p>")
+            return LoginRefused("GitHub account not linked", text, page)
         text = (f"The GitHub account {login} is not linked to anyone in this course. "
                 f"Log in with DTU instead, or ask {self.contact} to add your GitHub login to the course roster.")
         page = (f"<p>The GitHub account <b>{html.escape(login)}</b> is <b>not linked</b> to anyone in this course.</p>"
@@ -283,14 +293,32 @@ class DTUCASAuthenticator(DTUIdentityMixin, CASAuthenticator):
 
 
 class CourseGitHubAuthenticator(RosterMixin, GitHubOAuthenticator):
-    """GitHub, for students whose GitHub login is in the roster."""
+    """GitHub, for students whose GitHub account is in the roster. The account is matched by
+    GitHub's numeric id (looked up when the roster was imported), never by its login alone: a
+    login can be renamed, deleted and registered again by someone else."""
 
     login_service = "GitHub"
     via = "GitHub"
 
-    def person_id(self, raw: str) -> str:
+    async def authenticate(self, handler, data=None, **kwargs):
+        model = await GitHubOAuthenticator.authenticate(self, handler, data, **kwargs)
+        if model is None:
+            return None
+        user = (model.get("auth_state") or {}).get(self.user_auth_state_key) or {}
+        model["name"] = self.person_for(model["name"], user.get("id"))
+        return model
+
+    def person_for(self, login: str, account_id) -> str:
         roster = self.course.roster
-        person = roster.by_github(raw) if roster else None
-        if person is None:
-            raise self.course.github_not_linked(raw)
-        return person.id
+        person = roster.by_github_id(int(account_id)) if roster and account_id is not None else None
+        if person is not None:
+            return person.id
+        claimed = roster.by_github(login) if roster else None
+        if claimed is not None:
+            self.log.warning("GitHub login %s (account %s) is on the roster for %s with account %s: refused",
+                             login, account_id, claimed.id, claimed.github_id)
+            raise self.course.github_not_linked(login, renamed=True)
+        raise self.course.github_not_linked(login)
+
+    def person_id(self, raw: str) -> str:  # every GitHub login goes through person_for
+        raise NotImplementedError

@@ -78,6 +78,15 @@ ROSTER_FILE = "/srv/jupyterhub/roster.json"
 DEMO_ROSTER = str(Path(__file__).with_name("demo-roster.csv"))
 
 
+def github_api(settings: Settings) -> str:
+    """GitHub's REST API as the hub reaches it ("" when GitHub login is off)."""
+    if not settings.get("auth.github.enabled"):
+        return ""
+    if settings.demo:
+        return f"http://{settings.env['LAB_IDP_HOST']}:9401/api/v3"
+    return (settings.get("auth.github.api_url") or "https://api.github.com").rstrip("/")
+
+
 def auth_providers(settings: Settings) -> list[dict]:
     """The login buttons: MultiAuthenticator's list of sub-authenticators with their settings.
 
@@ -129,7 +138,7 @@ def auth_providers(settings: Settings) -> list[dict]:
             "github_url": url,
         }
         if g["api_url"]:
-            config["github_api"] = g["api_url"].rstrip("/")
+            config["github_api"] = github_api(settings)
         if g["token_url"]:
             config["token_url"] = g["token_url"]
         if settings.demo:
@@ -302,6 +311,9 @@ def update_services(c, settings: Settings) -> None:
             "ROSTER_ID_DOMAINS": ",".join(settings.get("auth.id_domains")),
             "ROSTER_DEMO_FILE": DEMO_ROSTER if settings.demo else "",
             "ROSTER_OPERATORS": ",".join(settings.get("auth.admin_users")),
+            # GitHub logins are linked by GitHub's numeric id, looked up here at import.
+            "ROSTER_GITHUB_API": github_api(settings),
+            "ROSTER_GITHUB_TOKEN": settings.env.get("LAB_GITHUB_API_TOKEN") or "",
         },
         "oauth_no_confirm": True,
         "display": False,

@@ -118,6 +118,9 @@ class Person:
     email: str
     role: str
     github: str = ""
+    # GitHub's numeric account id for ``github``, looked up at import: a login can be renamed,
+    # deleted and registered again by someone else; the id cannot.
+    github_id: int | None = None
     line: int = 0
 
 
@@ -132,6 +135,12 @@ class Roster:
         login = login.lower()
         for person in self.people.values():
             if person.github and person.github == login:
+                return person
+        return None
+
+    def by_github_id(self, account_id: int) -> Person | None:
+        for person in self.people.values():
+            if person.github and person.github_id is not None and person.github_id == account_id:
                 return person
         return None
 

@@ -56,6 +56,8 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "LAB_ADMIN_API_TOKEN": (None, "Secret: API token of the lab-admin service, for automation."),
     "LAB_DTU_CLIENT_SECRET": (None, "Secret: client secret of the hub's app registration in DTU's Entra ID."),
     "LAB_GITHUB_CLIENT_SECRET": (None, "Secret: client secret of the hub's GitHub OAuth app."),
+    "LAB_GITHUB_API_TOKEN": (None, "Secret, optional: a GitHub token (no scopes needed) for looking up the roster's "
+                             "GitHub logins at import (without one, GitHub allows 60 look-ups an hour)."),
     "LAB_GRADEBOOK_URL": (None, "Secret: a PostgreSQL URL (postgresql://user:password@host/db) for the nbgrader "
                           "gradebook; default: SQLite on the course-data volume (/srv/course/nbgrader/gradebook.db)."),
     "LAB_SETTINGS_FILE": (DEFAULT_SETTINGS_FILE, "Path of the operator settings file inside the hub."),

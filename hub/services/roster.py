@@ -109,18 +109,73 @@ class Syncer:
                 "tokens_revoked": revoked}
 
 
+class GitHubIds:
+    """GitHub's numeric account id of each roster GitHub login (``GET {api}/users/{login}``).
+
+    A GitHub login can be renamed, deleted and registered again by someone else; the numeric id
+    stays with the account. So the roster stores the id found at import, and a GitHub login is
+    linked by it. A login unchanged since the last import keeps its id without a look-up."""
+
+    def __init__(self, api_url: str, token: str = ""):
+        self.api_url = api_url.rstrip("/")
+        self.token = token
+        self.client = httpclient.AsyncHTTPClient()
+
+    async def lookup(self, login: str) -> int | None:
+        headers = {"Accept": "application/vnd.github+json", "User-Agent": "mlops-lab-roster"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            response = await self.client.fetch(f"{self.api_url}/users/{quote(login)}", headers=headers,
+                                               raise_error=False, request_timeout=30)
+        except OSError as exc:
+            raise RosterError([f"github: GitHub's API at {self.api_url} cannot be reached to look up the GitHub "
+                               f"logins' account ids ({exc}); nothing changed, try again"]) from None
+        if response.code == 404:
+            return None
+        if response.code != 200:
+            hint = (" (GitHub's rate limit: set LAB_GITHUB_API_TOKEN in .env)"
+                    if response.code in (403, 429) else "")
+            raise RosterError([f"github: GitHub's API answered {response.code} looking up {login!r}{hint}; "
+                               "nothing changed, try again"])
+        return int(json.loads(response.body)["id"])
+
+    async def resolve(self, roster: Roster, previous: Roster | None, filename: str) -> int:
+        """Fill in each person's github_id; return how many were looked up. Unknown logins are
+        problems with their line; nothing is stored while any remains."""
+        problems, looked_up = [], 0
+        for person in sorted(roster.people.values(), key=lambda p: p.line):
+            if not person.github:
+                continue
+            old = previous.people.get(person.id) if previous else None
+            if old is not None and old.github == person.github and old.github_id is not None:
+                person.github_id = old.github_id
+                continue
+            person.github_id = await self.lookup(person.github)
+            looked_up += 1
+            if person.github_id is None:
+                problems.append(f"{filename}:{person.line}: github: GitHub has no account named {person.github!r}")
+        if problems:
+            raise RosterError(problems)
+        return looked_up
+
+
 class RosterService:
-    def __init__(self, store: RosterStore, syncer: Syncer, id_pattern: str, id_domains: tuple[str, ...]):
+    def __init__(self, store: RosterStore, syncer: Syncer, id_pattern: str, id_domains: tuple[str, ...],
+                 github: GitHubIds | None = None):
         self.store = store
         self.syncer = syncer
         self.id_pattern = id_pattern
         self.id_domains = id_domains
+        self.github = github
         self.lock = asyncio.Lock()
 
     async def import_file(self, data: bytes, filename: str, dry_run: bool) -> dict:
         async with self.lock:
             roster = parse_roster(data, filename, self.id_pattern, self.id_domains)  # RosterError: nothing changes
             previous = self.store.load()
+            if self.github is not None:
+                await self.github.resolve(roster, previous, filename)
             changes = diff(previous, roster)
             result = {"dry_run": dry_run, "file": filename, "encoding": roster.encoding, "people": len(roster.people),
                       "changes": changes.as_dict(), "summary": changes.summary()}
@@ -130,6 +185,20 @@ class RosterService:
             log.info("roster %s from %s (%s):\n%s", "checked" if dry_run else "imported", filename,
                      roster.encoding, changes.summary())
             return result
+
+    async def link_github(self, roster: Roster, previous: Roster | None, filename: str) -> bool:
+        """Look up GitHub ids at start (the demo roster, an older stored one); retried for a while,
+        since the demo GitHub may start after this service. False if they could not be had."""
+        if self.github is None:
+            return False
+        for attempt in range(30):
+            try:
+                await self.github.resolve(roster, previous, filename)
+                return True
+            except RosterError as e:
+                log.warning("GitHub ids of %s not looked up yet: %s", filename, "; ".join(e.problems))
+                await asyncio.sleep(2)
+        return False
 
     async def sync_stored(self) -> dict:
         async with self.lock:
@@ -143,8 +212,15 @@ class RosterService:
         self.store.share()  # a roster stored by an older version: readable by the grader group too
         if demo_file and self.store.load() is None:
             roster = parse_roster(Path(demo_file).read_bytes(), "demo-roster.csv", self.id_pattern, self.id_domains)
+            await self.link_github(roster, None, "demo-roster.csv")
             self.store.save(roster)
             log.info("demo mode: imported the demo roster (%d people)", len(roster.people))
+        stored = self.store.load()
+        if stored is not None and any(p.github and p.github_id is None for p in stored.people.values()):
+            # A roster stored before GitHub logins were linked by id: look the ids up once.
+            async with self.lock:
+                if await self.link_github(stored, None, "the stored roster"):
+                    self.store.save(stored)
         for attempt in range(60):
             try:
                 await self.sync_stored()
@@ -205,7 +281,9 @@ def main() -> None:
     operators = {n for n in os.environ.get("ROSTER_OPERATORS", "").split(",") if n}
     syncer = Syncer(HubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"]), operators)
     domains = tuple(d for d in os.environ.get("ROSTER_ID_DOMAINS", ",".join(DEFAULT_ID_DOMAINS)).split(",") if d)
-    service = RosterService(store, syncer, os.environ.get("ROSTER_ID_PATTERN", DEFAULT_ID_PATTERN), domains)
+    api = os.environ.get("ROSTER_GITHUB_API", "")
+    github = GitHubIds(api, os.environ.get("ROSTER_GITHUB_TOKEN", "")) if api else None
+    service = RosterService(store, syncer, os.environ.get("ROSTER_ID_PATTERN", DEFAULT_ID_PATTERN), domains, github)
     app = web.Application([
         (url_path_join(prefix, "api/import"), ImportHandler, {"service": service}),
         (url_path_join(prefix, "api/sync"), SyncHandler, {"service": service}),

@@ -6,7 +6,8 @@
 - DTU by CAS: the CAS 3.0 peer (``cas_peer.py``) on :9402.
 
 Each also knows one outsider (DTU id s239999, GitHub login octo-unlinked), to show what someone
-off the roster sees. If any provider exits, this exits too, and Docker restarts the container.
+off the roster sees, and GitHub one account that took a roster login after the roster was
+imported ("grace-hopper (re-registered)"), to show that a GitHub login is linked by its id. If any provider exits, this exits too, and Docker restarts the container.
 """
 import json
 import os
@@ -20,6 +21,8 @@ from hub.roster import parse_roster
 roster = parse_roster(Path("/opt/lab/hub/demo-roster.csv").read_bytes(), "demo-roster.csv")
 people = list(roster.people.values())
 OUTSIDER, OUTSIDER_GITHUB = "s239999", "octo-unlinked"
+# Someone else's account that now holds this roster login (renamed or re-registered): refused.
+REREGISTERED = "grace-hopper"
 
 oidc = [sys.executable, "-m", "oidc_provider_mock", "--host", "0.0.0.0", "--port", "9400"]
 for p in people + [None]:
@@ -29,6 +32,7 @@ for p in people + [None]:
 github = [sys.executable, "/opt/lab/github_peer.py", "--port", "9401", "--client", "mlops-lab-demo:demo-github"]
 for login in [p.github for p in people if p.github] + [OUTSIDER_GITHUB]:
     github += ["--user", login]
+github += ["--reregistered", REREGISTERED]
 cas = [sys.executable, "/opt/lab/cas_peer.py", "--port", "9402"]
 for pid in [p.id for p in people] + [OUTSIDER]:
     cas += ["--user", pid]

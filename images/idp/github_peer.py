@@ -9,14 +9,19 @@ GitHub client uses, as GitHub Enterprise serves it under one host:
   fields or HTTP Basic): ``{"access_token", "token_type": "bearer", "scope"}`` as JSON when asked,
   else form-encoded; a bad code is GitHub's ``200 {"error": "bad_verification_code"}``.
 - ``GET /api/v3/user`` (``Authorization: token|Bearer``): the user; else 401.
+- ``GET /api/v3/users/LOGIN``: the public account of LOGIN, with its numeric ``id``; else 404.
 
-Users and the one OAuth app come from the command line. Never for real students.
+Users and the one OAuth app come from the command line. Each account has a numeric id that
+does not change; ``--reregistered LOGIN`` adds a second account that now holds LOGIN (as when
+the first was renamed or deleted and someone else took the name), signed in with the button
+"LOGIN (re-registered)", with another id. Never for real students.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import html
 import json
 import secrets
@@ -53,8 +58,8 @@ class Handler(PeerHandler):
             if q.get("client_id") != self.client_id:
                 return self.send(404, "<h1>404: unknown OAuth application (client_id)</h1>", "text/html")
             buttons = "".join(
-                f'<button name="login" value="{html.escape(u)}" class="person">{html.escape(u)}</button> '
-                for u in sorted(self.users))
+                f'<button name="login" value="{html.escape(key)}" class="person">{html.escape(key)}</button> '
+                for key in sorted(self.users))
             hidden = "".join(f'<input type="hidden" name="{k}" value="{html.escape(q.get(k, ""))}">'
                              for k in ("client_id", "redirect_uri", "state", "scope"))
             page = (f"<!doctype html><title>Sign in to GitHub (demo)</title><h1>Sign in to GitHub (demo)</h1>"
@@ -71,6 +76,11 @@ class Handler(PeerHandler):
                 return self.send(401, json.dumps({"message": "Requires authentication",
                                                   "documentation_url": "https://docs.github.com/rest"}))
             return self.send(200, json.dumps(self.users[login]))
+        if url.path.startswith("/api/v3/users/"):
+            wanted = url.path.rsplit("/", 1)[1].lower()
+            holders = [u for u in self.users.values() if u["login"] == wanted]
+            if holders:  # the account that held the login when the roster was imported
+                return self.send(200, json.dumps(holders[0]))
         return self.send(404, json.dumps({"message": "Not Found"}))
 
     def do_POST(self):
@@ -112,16 +122,25 @@ class Handler(PeerHandler):
         return self.send(404, json.dumps({"message": "Not Found"}))
 
 
+def account(login: str, key: str) -> dict:
+    """A GitHub account; its id is fixed by ``key`` (so every start gives the same ids)."""
+    number = 100000 + int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 900000
+    return {"login": login, "id": number, "node_id": f"U_{number}", "type": "User",
+            "name": login.replace("-", " ").title(), "email": None}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=9401)
     p.add_argument("--client", required=True, help="the OAuth app, as CLIENT_ID:CLIENT_SECRET")
     p.add_argument("--user", action="append", default=[], help="a GitHub login (repeat)")
+    p.add_argument("--reregistered", action="append", default=[],
+                   help="a login whose name another account has taken since the roster was imported")
     args = p.parse_args(argv)
     Handler.client_id, _, Handler.client_secret = args.client.partition(":")
-    Handler.users = {login: {"login": login, "id": 1000 + i, "node_id": f"U_{i}", "type": "User",
-                             "name": login.replace("-", " ").title(), "email": None}
-                     for i, login in enumerate(args.user)}
+    Handler.users = {login: account(login, login) for login in args.user}
+    for login in args.reregistered:
+        Handler.users[f"{login} (re-registered)"] = account(login, f"{login} (re-registered)")
     print(f"[github-peer] listening on :{args.port}, users: {', '.join(args.user)}", flush=True)
     ThreadingHTTPServer(("0.0.0.0", args.port), Handler).serve_forever()
 

@@ -43,6 +43,8 @@ def restore_roster(lab):
      "fall.csv:3: id: s230001 is listed twice (first on line 2)"),
     (b"id,name,email,github,role\ns230001,Ada,a@dtu.dk,ada,student\ns230002,Al,al@dtu.dk,ADA,student\n",
      "fall.csv:3: github: 'ada' is claimed by s230002 and by s230001 (line 2)"),
+    (b"id,name,email,github,role\ns230001,Ada,a@dtu.dk,no-such-login-zz,student\n",
+     "fall.csv:2: github: GitHub has no account named 'no-such-login-zz'"),
     (b"id,name,email,role\ns230001,Ada,a@dtu.dk,professor\n",
      "fall.csv:2: role: 'professor' is not a role (one of: student, ta, instructor)"),
     (b"id,name,email,role\ns230001,Ada,a@dtu.dk,student\ns230002,J\x81rgen,j@dtu.dk,student\n",
@@ -66,7 +68,7 @@ def test_dtu_learn_export_imports_and_reports_what_changed(lab, tmp_path, restor
     """A DTU Learn class list (UTF-8 BOM, ';', Brightspace columns and roles): a dry run changes
     nothing; the import reports added, removed, role and GitHub changes, and groups follow."""
     export = ("Username;OrgDefinedId;Last Name;First Name;Email;Role;GitHub\r\n"
-              "#s230001;s230001;Lovelace;Ada;s230001@student.dtu.dk;Student;ada-l\r\n"
+              "#s230001;s230001;Lovelace;Ada;s230001@student.dtu.dk;Student;octo-unlinked\r\n"
               "#S230002;s230002;Turing;Alan;s230002@student.dtu.dk;Teaching Assistant;\r\n"
               "#tahe;tahe;Hensen;Tara;tahe@dtu.dk;Teaching Assistant;\r\n"
               "#teacher;teacher;Cher;Tea;teacher@dtu.dk;Instructor;tea-cher\r\n"
@@ -86,7 +88,7 @@ def test_dtu_learn_export_imports_and_reports_what_changed(lab, tmp_path, restor
     assert "added: 1 (s230004)" in out
     assert "removed: 1 (s230003)" in out
     assert "s230002: student -> ta" in out
-    assert "s230001: ada-lovelace -> ada-l" in out
+    assert "s230001: ada-lovelace -> octo-unlinked" in out
     g = groups(lab)
     assert g["students"] == ["s230001", "s230004"]
     assert g["tas"] == ["s230002", "tahe"]

@@ -146,3 +146,23 @@ def test_a_cas_ticket_cannot_be_planted_in_someone_elses_browser(course, browser
     finally:
         course.settings_file.write_text(original)
         course.restart_hub()
+
+
+def test_a_github_login_taken_over_by_another_account_is_refused(course, browser):  # noqa: F811
+    """grace-hopper is on the roster. Another GitHub account now holds that login (the first was
+    renamed, or deleted and registered again): it gets the 'not the account linked' page and no
+    server; Grace's own account still reaches s230003."""
+    from tests.browser.test_login import login_github
+    page = new_page(browser, 1200, 800)
+    login_github(course, page, "grace-hopper (re-registered)")
+    expect(page.get_by_role("heading", name="GitHub account not linked")).to_be_visible()
+    expect(page.get_by_text("it now belongs to another GitHub account")).to_be_visible()
+    page.goto(f"{course.url}/hub/home")
+    expect(page.get_by_role("button", name="Log in with GitHub")).to_be_visible()  # not logged in
+    login_github(course, page, "grace-hopper")
+    page.wait_for_url(f"{course.url}/hub/**")
+    expect(page.get_by_text("s230003").first).to_be_visible()
+    page.context.close()
+    ids = {p["id"]: p.get("github_id") for p in
+           course.session.get(f"{course.service_url('roster')}/api/roster", timeout=30).json()["people"]}
+    assert isinstance(ids["s230003"], int) and isinstance(ids["s230001"], int)

@@ -108,3 +108,81 @@ def test_only_the_pages_own_scripts_get_the_nonce():
     csp = staff_page_csp("N0NCE")
     assert "script-src 'nonce-N0NCE'" in csp and "'unsafe-inline'" not in csp.split("style-src")[0]
     assert "frame-ancestors 'none'" in csp and "object-src 'none'" in csp
+
+
+@pytest.fixture(scope="module")
+def github_peer():
+    """The GitHub test peer as its own process, with one roster login and a re-registered one."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    idp = Path(__file__).resolve().parents[2] / "images" / "idp"
+    proc = subprocess.Popen([sys.executable, str(idp / "github_peer.py"), "--port", str(port), "--client", "c:s",
+                             "--user", "ada-lovelace", "--user", "grace-hopper", "--reregistered", "grace-hopper"],
+                            cwd=idp, env={"PYTHONPATH": str(idp), "PATH": "/usr/bin:/bin"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, "the GitHub peer did not start"
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}/api/v3"
+    proc.terminate()
+    proc.wait(10)
+
+
+ROSTER_CSV = (b"id,name,email,github,role\ns230001,Ada,a@dtu.dk,ada-lovelace,student\n"
+              b"s230003,Grace,g@dtu.dk,grace-hopper,student\ns230002,Alan,t@dtu.dk,,student\n")
+
+
+def test_the_roster_import_looks_up_github_ids_and_refuses_unknown_logins(github_peer):
+    from hub.roster import RosterError, parse_roster
+    from hub.services.roster import GitHubIds
+
+    ids = GitHubIds(github_peer)
+    roster = parse_roster(ROSTER_CSV, "roster.csv")
+    assert asyncio.run(ids.resolve(roster, None, "roster.csv")) == 2
+    ada, grace = roster.people["s230001"], roster.people["s230003"]
+    assert ada.github_id and grace.github_id and ada.github_id != grace.github_id
+    assert roster.people["s230002"].github_id is None
+    again = parse_roster(ROSTER_CSV, "roster.csv")
+    assert asyncio.run(GitHubIds("http://127.0.0.1:9/unreachable").resolve(again, roster, "roster.csv")) == 0
+    assert again.people["s230001"].github_id == ada.github_id  # unchanged logins: no look-up
+    typo = parse_roster(ROSTER_CSV.replace(b"ada-lovelace", b"ada-lovelase"), "roster.csv")
+    with pytest.raises(RosterError) as refused:
+        asyncio.run(ids.resolve(typo, roster, "roster.csv"))
+    assert refused.value.problems == ["roster.csv:2: github: GitHub has no account named 'ada-lovelase'"]
+    with pytest.raises(RosterError, match="cannot be reached"):
+        asyncio.run(GitHubIds("http://127.0.0.1:9/unreachable").resolve(typo, None, "roster.csv"))
+
+
+def test_a_github_login_is_linked_by_its_account_id(github_peer, tmp_path):
+    """The account that holds a roster login now, but is not the one looked up at import, is refused."""
+    from types import SimpleNamespace
+
+    from hub.auth import CourseGitHubAuthenticator
+    from hub.roster import parse_roster
+    from hub.services.roster import GitHubIds
+
+    roster = parse_roster(ROSTER_CSV, "roster.csv")
+    asyncio.run(GitHubIds(github_peer).resolve(roster, None, "roster.csv"))
+    course = SimpleNamespace(roster=roster, github_not_linked=lambda login, renamed=False: LoginRefused(
+        "GitHub account not linked", "renamed" if renamed else "unlinked", ""))
+    github = CourseGitHubAuthenticator()
+    github.course = course
+    assert github.person_for("grace-hopper", roster.people["s230003"].github_id) == "s230003"
+    assert github.person_for("any-new-name", roster.people["s230003"].github_id) == "s230003"  # renamed: still her
+    with pytest.raises(LoginRefused) as refused:
+        github.person_for("grace-hopper", 123456789)  # the re-registered account
+    assert refused.value.jupyterhub_message == "renamed"
+    with pytest.raises(LoginRefused) as refused:
+        github.person_for("octo-unlinked", 42)
+    assert refused.value.jupyterhub_message == "unlinked"
