@@ -40,6 +40,7 @@ def update_hub(c, settings: Settings) -> None:
     # (<service>--service.<host>), the hub on <host>: a page a student's server serves cannot act
     # with the session of the staff member who opens it.
     c.JupyterHub.subdomain_host = public_origin(settings)
+    keep_port_in_service_links()
     c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
     c.JupyterHub.hub_connect_url = settings.env["LAB_HUB_CONNECT_URL"]
     c.JupyterHub.db_url = settings.get("hub.db_url")
@@ -55,6 +56,18 @@ def update_hub(c, settings: Settings) -> None:
             " where anyone can sign in as one of the demo people. Set <code>auth.demo: false</code> and"
             " register the lab with DTU and GitHub before students use it."
         )}
+
+
+def keep_port_in_service_links() -> None:
+    """The hub's Services menu links to ``//<service domain>/services/<name>/`` without the port of
+    ``subdomain_host``, so on a lab served at a port (http://localhost:8000) every service link
+    missed. Link to the service's full host (scheme, name and port) instead."""
+    from jupyterhub.services.service import Service
+
+    def href(self):
+        return f"{self.host}{self.prefix}" if self.host else self.prefix
+
+    Service.href = property(href)
 
 
 def public_origin(settings: Settings) -> str:

@@ -98,7 +98,10 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
     # student's page of the course service (the graded, on-time one stays as it was).
     page.locator(".list_item", has_text=A).get_by_role("button", name="Submit").first.click()
     expect(page.get_by_text("(late)").first).to_be_visible(timeout=60_000)
-    page.goto(f"{lab.service_url('course')}/")
+    page.goto(f"{lab.url}/hub/home")  # the hub's Services menu leads to the course service's page
+    page.get_by_role("button", name="Services").click()
+    page.get_by_role("link", name="course", exact=True).click()
+    page.wait_for_url(f"{lab.service_url('course')}/**")
     expect(page.get_by_role("heading", name=f"My assignments ({STUDENT})")).to_be_visible()
     expect(page.locator("li", has_text="(late)")).to_have_count(1)
     expect(page.locator("li", has_text="feedback ready")).to_have_count(1)
