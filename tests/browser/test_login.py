@@ -46,6 +46,16 @@ def login_github(lab, page, login: str) -> None:
     page.get_by_role("button", name=login, exact=True).click()
 
 
+def confirm_access(page) -> None:
+    """JupyterHub asks staff to confirm access to someone else's server: click Authorize if asked."""
+    authorize = page.get_by_role("button", name="Authorize")
+    try:
+        authorize.wait_for(timeout=15_000)
+        authorize.click()
+    except Exception:
+        pass
+
+
 def test_dtu_and_github_logins_reach_the_same_server_and_home(lab, browser):
     """The same student logs in through DTU, then through GitHub: same hub user, server and home file."""
     page = new_page(browser)
@@ -120,13 +130,7 @@ def test_ta_opens_a_students_server_and_students_cannot(lab, browser):
     login_dtu(lab, ta, "tahe")
     ta.wait_for_url(f"{lab.url}/hub/**")
     ta.goto(f"{lab.user_url('s230001')}/lab")
-    # JupyterHub asks the TA to confirm access to someone else's server.
-    authorize = ta.get_by_role("button", name="Authorize")
-    try:
-        authorize.wait_for(timeout=15_000)
-        authorize.click()
-    except Exception:
-        pass
+    confirm_access(ta)
     ta.wait_for_url("**/user/s230001/lab**")
     expect(ta.locator(".jp-Launcher")).to_be_visible(timeout=120_000)
     expect(ta.locator(".jp-DirListing-content").get_by_text("00-welcome")).to_be_visible()

@@ -13,6 +13,7 @@ import nbformat
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.test_login import confirm_access
 from tests.conftest import ARTIFACTS
 from tests.security.conftest import A, ATTACKER, in_container, release_notebook, with_answer
 
@@ -146,12 +147,7 @@ def test_a_students_page_cannot_act_for_the_staff_member_who_opens_it(course, at
     tokens_before = len(course.api("GET", "/users/teacher/tokens").json()["api_tokens"])
     teacher = staff_browser("teacher")
     teacher.goto(f"{course.user_url(ATTACKER)}/files/evil.html")
-    authorize = teacher.get_by_role("button", name="Authorize")
-    try:
-        authorize.wait_for(timeout=15_000)
-        authorize.click()
-    except Exception:
-        pass
+    confirm_access(teacher)
     expect(teacher.get_by_role("heading", name="My project")).to_be_visible(timeout=60_000)
     teacher.wait_for_function("document.title === 'done'", timeout=60_000)
     teacher.screenshot(path=str(ARTIFACTS / "security-student-page.png"))
