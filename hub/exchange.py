@@ -148,15 +148,15 @@ def _extract_members(data: BinaryIO, dest: Path, allowed: set[str] | None) -> tu
                     raise ExchangeRefused(f"the upload holds a path outside its folder: {m.name!r}")
                 if not (m.isfile() or m.isdir()):
                     raise ExchangeRefused(f"the upload holds a link or special file: {m.name!r}")
-                if any(not FILE_RE.match(p) for p in parts):
-                    raise ExchangeRefused(f"the upload holds a file name that is not allowed: {m.name!r} "
-                                          "(letters, digits, '.', '_', '-' and spaces only)")
                 rel = "/".join(parts)
                 if m.isdir():
                     continue  # folders are made for the files kept
                 if allowed is not None and rel not in allowed:
-                    skipped.append(rel)
+                    skipped.append(rel)  # not part of the assignment: left out, and named
                     continue
+                if any(not FILE_RE.match(p) for p in parts):
+                    raise ExchangeRefused(f"the upload holds a file name that is not allowed: {m.name!r} "
+                                          "(letters, digits, '.', '_', '-' and spaces only)")
                 if rel in seen:
                     raise ExchangeRefused(f"the upload holds {rel!r} twice")
                 seen.add(rel)

@@ -6,6 +6,7 @@ course dashboard, in the formgrader and in the grades export."""
 
 import csv
 import io
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -121,9 +122,12 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
     expect(teacher.get_by_text("Manage Assignments").first).to_be_visible(timeout=60_000)
     expect(teacher.get_by_text(A).first).to_be_visible()
     teacher.screenshot(path=str(ARTIFACTS / "formgrader.png"))
-    response = teacher.request.get(f"{lab.service_url('course')}/api/grades.csv")
-    assert response.ok
-    rows = list(csv.DictReader(io.StringIO(response.text())))
+    # The export: the dashboard's "Grades (CSV)" link downloads it.
+    teacher.go_back()
+    with teacher.expect_download() as download:
+        teacher.get_by_role("link", name="Grades (CSV)").click()
+    assert download.value.suggested_filename == "mlops-02476-grades.csv"
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     row = next(r for r in rows if r["student_id"] == STUDENT)
     assert row[f"{A} (of 6)"] == "3"
     assert row["result"] == "not passed"  # the other core modules have 0 points

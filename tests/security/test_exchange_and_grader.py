@@ -80,6 +80,13 @@ def test_the_formgrader_takes_no_folder_from_a_link(course, attacker, staff_brow
 
 FORGE = r'''
 import base64, json, os, signal
+stolen = []
+for path in ("/proc/1/mem", "/proc/1/environ"):
+    try:
+        stolen.append(open(path, "rb").read(4096)[:40])
+    except OSError as e:
+        stolen.append(type(e).__name__)
+print("STOLEN", stolen, flush=True)
 nb = json.loads(base64.b64decode("{release}"))
 body = base64.b64encode(json.dumps({{"notebook": nb, "reason": "", "seconds": 1.0}}).encode())
 marker = b"==MLOPS-LAB-SANDBOX-RESULT=="
@@ -93,13 +100,6 @@ for fd in map(int, os.listdir("/proc/self/fd")):
                 os.write(fd, frame)
     except OSError:
         pass
-stolen = []
-for path in ("/proc/1/mem", "/proc/1/environ"):
-    try:
-        stolen.append(open(path, "rb").read(4096)[:40])
-    except OSError as e:
-        stolen.append(type(e).__name__)
-print("STOLEN", stolen)
 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGKILL):
     try:
         os.kill(1, sig)
@@ -152,10 +152,12 @@ def test_uploads_are_limited_while_they_stream_in(course):
             yield b"\0" * 2**20
 
     try:
+        # The service answers 413 and closes the connection at the limit; the proxy, still sending
+        # the body, may report that as 503. Either way the upload stops there.
         r = requests.post(url, data=endless(), headers=headers, timeout=120)
-        assert r.status_code == 413, r.text
+        assert r.status_code in (413, 503), r.text
     except requests.ConnectionError:
-        pass  # the service closed the connection at the limit: just as good
+        pass
     assert len(sent) < 200
     r = requests.post(url, data=b"x", headers={**headers, "Content-Length": str(300 * 2**20)}, timeout=60)
     assert r.status_code == 413 and "larger than 100 MiB" in r.json()["error"]

@@ -15,7 +15,7 @@ from playwright.sync_api import expect
 
 from tests.browser.test_login import confirm_access
 from tests.conftest import ARTIFACTS
-from tests.security.conftest import A, ATTACKER, in_container, release_notebook, with_answer
+from tests.security.conftest import A, ATTACKER, hub_exec, in_container, release_notebook, with_answer
 
 pytestmark = pytest.mark.security
 
@@ -41,6 +41,15 @@ OUTPUTS = textwrap.dedent("""\
     """)
 
 
+# What the formgrader's own scripts do to read its API: a same-origin fetch with its XSRF token.
+FETCH_JSON = """async (url) => {
+    const xsrf = (document.cookie.match(/_xsrf=([^;]+)/) || [])[1] || "";
+    const r = await fetch(url, {headers: {"X-XSRFToken": xsrf}});
+    if (!r.ok) throw new Error(url + ": " + r.status);
+    return await r.json();
+}"""
+
+
 def test_a_tas_browser_runs_nothing_a_student_wrote(course, staff_browser):
     """Scripts in a student's markdown, HTML, JavaScript, SVG and markdown outputs, graded and then
     opened by a TA in the formgrader, run nothing; the student's words are still shown."""
@@ -57,7 +66,7 @@ def test_a_tas_browser_runs_nothing_a_student_wrote(course, staff_browser):
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     formgrader = course.service_url("formgrader")
     page.goto(f"{formgrader}/formgrader/gradebook/{A}/{A}")
-    listed = page.request.get(f"{formgrader}/formgrader/api/submitted_notebooks/{A}/{A}").json()
+    listed = page.evaluate(FETCH_JSON, f"{formgrader}/formgrader/api/submitted_notebooks/{A}/{A}")
     sub = next(s for s in listed if s["student"] == XSS_STUDENT)
     response = page.goto(f"{formgrader}/formgrader/submissions/{sub['id']}/")
     csp = response.headers["content-security-policy"]
@@ -76,6 +85,21 @@ def test_a_tas_browser_runs_nothing_a_student_wrote(course, staff_browser):
     # the formgrader's own scripts still run (its navigation bar is built by them)
     assert page.evaluate("typeof window.jQuery") == "function"
 
+    # The feedback made from the same notebook is inert too (the student opens it; staff may).
+    made = course.grader("feedback", A)
+    assert made.returncode == 0, made.stdout + made.stderr
+    html = hub_exec("sh", "-c", f"cat /srv/course/nbgrader/feedback/{XSS_STUDENT}/{A}/{A}.html").stdout
+    assert "Visible words 7Q." in html
+    for bad in ("onerror=", "onload=", "javascript:", "<script>window.__xss", "<iframe"):
+        assert bad not in html, bad
+    # The dashboard, where sandbox reasons and names are shown, runs no script and allows none.
+    teacher = staff_browser("teacher")
+    teacher.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    response = teacher.goto(f"{course.service_url('course')}/dashboard")
+    assert response.headers["content-security-policy"].startswith("default-src 'none'")
+    expect(teacher.locator(f"section[id='{A}']")).to_be_visible()
+    assert teacher.evaluate("window.__xss") is None and dialogs == []
+
 
 def test_writes_in_the_formgrader_are_for_instructors(course, staff_browser):
     """A TA's formgrader refuses collect, release, unrelease, feedback and grade edits, with a
@@ -84,7 +108,7 @@ def test_writes_in_the_formgrader_are_for_instructors(course, staff_browser):
     ta = staff_browser("tahe")
     ta.goto(f"{formgrader}/formgrader/manage_assignments")
     expect(ta.get_by_text(A).first).to_be_visible()
-    grades = ta.request.get(f"{formgrader}/formgrader/api/grades?submission_id=x")
+    assignments = ta.evaluate(FETCH_JSON, f"{formgrader}/formgrader/api/assignments")
     requests_made = [("POST", f"api/assignment/{A}/collect"), ("POST", f"api/assignment/{A}/release"),
                      ("POST", f"api/assignment/{A}/unrelease"), ("POST", f"api/assignment/{A}/generate_feedback"),
                      ("POST", f"api/assignment/{A}/release_feedback"), ("PUT", "api/grade/any-grade-id"),
@@ -104,7 +128,7 @@ def test_writes_in_the_formgrader_are_for_instructors(course, staff_browser):
     for (method, path), (status, text) in zip(requests_made, results):
         assert status == 403, (method, path, status, text)
         assert "only instructor may change" in text, text
-    assert grades.status in (200, 400, 404)  # reading stays open to TAs
+    assert A in [a["name"] for a in assignments]  # reading stays open to TAs
     teacher = staff_browser("teacher")
     teacher.goto(f"{formgrader}/formgrader/manage_students")
     [(status, text)] = teacher.evaluate(script, [formgrader, [("PUT", "api/student/s240099")]])
@@ -144,7 +168,7 @@ def test_a_students_page_cannot_act_for_the_staff_member_who_opens_it(course, at
     student's own origin: it cannot read the grades, import a roster that makes the student an
     instructor, or make the instructor a token."""
     in_container(ATTACKER, "import json\nopen('evil.html', 'w').write(%r)\nprint(json.dumps({}))" % EVIL_PAGE)
-    tokens_before = len(course.api("GET", "/users/teacher/tokens").json()["api_tokens"])
+    tokens_before = {t["id"] for t in course.api("GET", "/users/teacher/tokens").json()["api_tokens"]}
     teacher = staff_browser("teacher")
     teacher.goto(f"{course.user_url(ATTACKER)}/files/evil.html")
     confirm_access(teacher)
@@ -161,4 +185,10 @@ def test_a_students_page_cannot_act_for_the_staff_member_who_opens_it(course, at
     roster = course.session.get(f"{course.service_url('roster')}/api/roster", timeout=30).json()
     assert next(p for p in roster["people"] if p["id"] == ATTACKER)["role"] == "student"
     assert "s230001" not in course.api("GET", "/groups/instructors").json()["users"]
-    assert len(course.api("GET", "/users/teacher/tokens").json()["api_tokens"]) == tokens_before
+    # Opening the student's server gave the teacher an OAuth token for that server only; no token
+    # was made through the hub's API (which notes them "Requested via api").
+    new = [t for t in course.api("GET", "/users/teacher/tokens").json()["api_tokens"] if t["id"] not in tokens_before]
+    assert all(not (t.get("note") or "").startswith("Requested via api") for t in new), new
+    assert all(set(t["scopes"]) <= {f"access:servers!server={ATTACKER}/", "read:users:name!user",
+                                    "read:users:groups!user", f"access:servers!server={ATTACKER}"} | {
+        s for s in t["scopes"] if s.startswith("read:users:")} for t in new), new
