@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -209,8 +210,12 @@ def _guard_writes(handler_class) -> None:
             if not may(role, "course.manage"):
                 self.log.warning("formgrader: %s (%s) may not %s %s", (hub_user or {}).get("name"), role,
                                  self.request.method, self.request.path)
-                raise web.HTTPError(403, f"only {who_may('course.manage')} may change grades, students or "
-                                         f"assignments here (you are {role or 'not on the roster'})")
+                # Answered here, as JSON with the reason (nbgrader's error pages would drop it).
+                self.set_status(403)
+                self.set_header("Content-Type", "application/json")
+                self.finish(json.dumps({"message": f"only {who_may('course.manage')} may change grades, students "
+                                                   f"or assignments here (you are {role or 'not on the roster'})"}))
+                return None
         return result
 
     handler_class.prepare = prepare

@@ -322,7 +322,8 @@ class SubmitHandler(Base):
             raise web.HTTPError(400, "bad Content-Length")
         if length > MAX_UPLOAD:
             raise web.HTTPError(413, f"the upload is larger than {MAX_UPLOAD // 2**20} MiB")
-        self.request.connection.set_max_body_size(MAX_UPLOAD)
+        # A little above the limit, so that data_received below refuses with its message first.
+        self.request.connection.set_max_body_size(MAX_UPLOAD + 2**20)
         self.received = 0
         self.upload = tempfile.TemporaryFile(prefix="lab-upload-")
 
