@@ -27,9 +27,8 @@ import subprocess
 import sys
 import time
 
-import docker
-
-from .settings import load_settings_or_exit
+# docker and the settings are imported where they are used, not here: the container's health
+# check (``--check``) runs this module every few seconds, and must answer fast on a busy host.
 
 HUB_PORTS = (8000, 8081)
 # Touched after each round in which the rules are in force; the container's health check reads
@@ -93,6 +92,9 @@ class Guard:
     def __init__(self, instance: str, network: str, isolate: bool):
         self.instance, self.network, self.isolate = instance, network, isolate
         self.fwd, self.inp = chain_names(instance)
+        import docker
+
+        self.errors = docker.errors
         self.client = docker.from_env()
         self.applied: str | None = None
 
@@ -100,7 +102,7 @@ class Guard:
         """(bridge name, hub IP, egress IP) of this lab, from Docker."""
         try:
             net = self.client.networks.get(self.network)
-        except docker.errors.NotFound:
+        except self.errors.NotFound:
             return None, None, None
         attrs = net.attrs
         bridge = (attrs.get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{attrs['Id'][:12]}"
@@ -155,6 +157,10 @@ def healthy(max_age: float = 20.0) -> bool:
 def main() -> None:
     if sys.argv[1:] == ["--check"]:
         sys.exit(0 if healthy() else 1)
+    import docker
+
+    from .settings import load_settings_or_exit
+
     settings = load_settings_or_exit("netguard", secrets=False)  # never given the hub's secrets
     guard = Guard(settings.instance, settings.network, settings.get("network.isolate"))
     stopping = False
