@@ -30,7 +30,6 @@ import datetime as dt
 import io
 import json
 import os
-import pwd
 import re
 import shutil
 import tarfile
@@ -78,28 +77,6 @@ def id_to_time(sid: str) -> dt.datetime:
 def timestamp_text(when: dt.datetime) -> str:
     """nbgrader's timestamp.txt format (UTC)."""
     return when.astimezone(dt.timezone.utc).strftime(TIMESTAMP_FORMAT)
-
-
-def _grader_ids() -> tuple[int, int] | None:
-    try:
-        entry = pwd.getpwnam("grader")
-    except KeyError:
-        return None
-    return entry.pw_uid, entry.pw_gid
-
-
-def give_to_grader(path: Path, recursive: bool = True) -> None:
-    """Files the service (root) writes belong to the grader user, who collects and grades them.
-    Links are not followed (lchown, and os.walk does not descend into them)."""
-    ids = _grader_ids()
-    if ids is None or os.geteuid() != 0:
-        return
-    os.lchown(path, *ids)
-    if not recursive or path.is_symlink() or not path.is_dir():
-        return
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), *ids)
 
 
 def _file_size(data) -> int | None:
@@ -341,10 +318,6 @@ class ExchangeStore:
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
-        # Only what this upload made (lchown: a link is never followed).
-        for made in (folder.parent.parent, folder.parent):
-            give_to_grader(made, recursive=False)
-        give_to_grader(folder)
         return self.submission(student, assignment, sid)
 
     _locks: dict[str, threading.Lock] = {}

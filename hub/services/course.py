@@ -69,7 +69,6 @@ class Course:
         self.src = grading.COURSE_SRC
         self.settings = json.loads(os.environ.get("LAB_GRADING", "{}"))
         self.course_id = os.environ.get("LAB_COURSE_ID", "mlops-02476")
-        self.instance = os.environ.get("LAB_INSTANCE", "mlops-lab")
         self.operators = {n for n in os.environ.get("LAB_OPERATORS", "").split(",") if n}
         self.calendar: Calendar = load_calendar(self.src / "calendar.yaml", self.src / "source")
         self.store = ExchangeStore(self.root / "exchange")
