@@ -127,7 +127,8 @@ class CourseAuthenticator(MultiAuthenticator):
             url = sub.login_url(base_url)
             buttons.append(
                 f'<a role="button" class="btn btn-jupyter btn-lg lab-login-{sub.url_scope.strip("/")}" '
-                f"href='{url}{{% if next is defined and next|length %}}?next={{{{next|urlencode}}}}{{% endif %}}'>"
+                # JupyterHub's login page hands the template ``next`` already URL-encoded.
+                f"href='{url}{{% if next is defined and next|length %}}?next={{{{next}}}}{{% endif %}}'>"
                 f"Log in with {html.escape(sub.login_service)}</a>"
             )
         return (

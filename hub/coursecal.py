@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -34,6 +34,15 @@ class Assignment:
     release: dt.datetime  # aware, in the course's time zone
     due: dt.datetime
     core: bool
+    session: int | None = None
+    module: str = ""
+
+
+@dataclass(frozen=True)
+class Session:
+    number: int
+    date: dt.date
+    title: str
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class Calendar:
     assignments: dict[str, Assignment]
     core_min_fraction: float
     pass_description: str
+    sessions: dict[int, Session] = field(default_factory=dict)
 
     def get(self, name: str) -> Assignment | None:
         return self.assignments.get(name)
@@ -76,8 +86,8 @@ def load_calendar(path: str | Path, source_dir: str | Path | None = None) -> Cal
     if not isinstance(data, dict):
         raise CalendarError([f"{path}:1: the calendar must be a mapping"])
     for key in data:
-        if key not in ("timezone", "pass_rule", "assignments"):
-            err((str(key),), "unknown key (expected timezone, pass_rule, assignments)")
+        if key not in ("timezone", "pass_rule", "sessions", "assignments"):
+            err((str(key),), "unknown key (expected timezone, pass_rule, sessions, assignments)")
     tzname = data.get("timezone", "Europe/Copenhagen")
     try:
         tz = ZoneInfo(str(tzname))
@@ -90,6 +100,23 @@ def load_calendar(path: str | Path, source_dir: str | Path | None = None) -> Cal
         err(("pass_rule", "core_min_fraction"), f"{fraction!r} is not a fraction between 0 and 1")
         fraction = 0.5
     description = str(rule.get("description", "")) if isinstance(rule, dict) else ""
+    sessions: dict[int, Session] = {}
+    raw_sessions = data.get("sessions") or {}
+    if not isinstance(raw_sessions, dict):
+        err(("sessions",), "must map each session's number to its date and title")
+        raw_sessions = {}
+    for number, sess in raw_sessions.items():
+        keys = ("sessions", str(number))
+        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+            err(keys, "a session's key is its number: 1, 2, ...")
+            continue
+        if not isinstance(sess, dict) or not isinstance(sess.get("date"), dt.date) or not sess.get("title"):
+            err(keys, "must be a mapping with date (like 2027-01-04) and title")
+            continue
+        for key in sess:
+            if key not in ("date", "title"):
+                err(keys + (str(key),), "unknown key (expected date, title)")
+        sessions[number] = Session(number, sess["date"], str(sess["title"]))
     assignments: dict[str, Assignment] = {}
     raw = data.get("assignments")
     if not isinstance(raw, dict) or not raw:
@@ -105,8 +132,8 @@ def load_calendar(path: str | Path, source_dir: str | Path | None = None) -> Cal
             err(keys, "must be a mapping with release, due, title and core")
             continue
         for key in a:
-            if key not in ("title", "release", "due", "core"):
-                err(keys + (str(key),), "unknown key (expected title, release, due, core)")
+            if key not in ("title", "release", "due", "core", "session", "module"):
+                err(keys + (str(key),), "unknown key (expected title, release, due, core, session, module)")
         times = {}
         for key in ("release", "due"):
             value = a.get(key)
@@ -122,14 +149,18 @@ def load_calendar(path: str | Path, source_dir: str | Path | None = None) -> Cal
         core = a.get("core", True)
         if not isinstance(core, bool):
             err(keys + ("core",), f"{core!r} is not true or false")
+        session = a.get("session")
+        if session is not None and session not in sessions:
+            err(keys + ("session",), f"{session!r} is not one of the sessions ({', '.join(map(str, sessions)) or 'none'})")
+            session = None
         if source_dir is not None and not (Path(source_dir) / name / f"{name}.ipynb").is_file():
             err(keys, f"no source notebook {Path(source_dir) / name / (name + '.ipynb')}")
         if len(times) == 2:
             assignments[name] = Assignment(name, str(a.get("title") or name), times["release"], times["due"],
-                                           bool(core))
+                                           bool(core), session, str(a.get("module") or ""))
     if problems:
         raise CalendarError(problems)
-    return Calendar(str(tzname), assignments, float(fraction), description)
+    return Calendar(str(tzname), assignments, float(fraction), description, sessions)
 
 
 class Clock:
