@@ -43,10 +43,11 @@ class UserSiteHint(importlib.abc.MetaPathFinder):
         for entry in os.listdir(self.user_site):
             stem = entry.split(".", 1)[0].split("-", 1)[0]
             if stem == fullname and not entry.endswith((".dist-info", ".egg-info", ".pth")):
+                __tracebackhide__ = True  # noqa: F841  (IPython leaves this frame out)
                 raise ModuleNotFoundError(
-                    f"No module named '{fullname}' in the course image. It is installed only in your own "
-                    f"server ({self.user_site}, by pip install). Grading runs your notebook in the course "
-                    "image without it, so this import fails there too: use the course image's packages.",
+                    f"'{fullname}': only your own pip install has it, grading does not. It is in "
+                    f"{self.user_site}, which grading, offline in the course image, never sees: "
+                    "use the course image's packages.",
                     name=fullname)
         return None
 

@@ -10,3 +10,6 @@ c.ExchangeFactory.fetch_feedback = "lab_exchange.LabFetchFeedback"
 # Validation runs notebooks as grading does: the course image's packages only, and text on stderr
 # (a library's warning) is output, not a failed test (images/course/lab_grading.py).
 c.Execute.kernel_name = "course-grading"
+# Every failing cell is reported, not only test cells: a failed import in an answer cell (say, of
+# a package grading lacks) is the cause a student needs to see.
+c.Validator.validate_all = True

@@ -68,10 +68,10 @@ def graded(request):
 
 def test_the_image_ships_no_sources_or_hidden_tests():
     """Students' containers get the material, never the assignments' sources."""
-    names = " -o ".join(f"-name '{a}*'" for a in ASSIGNMENTS if a != "00-welcome")
+    names = " -o ".join(f"-name '{a}*'" for a in ASSIGNMENTS)
     found = docker("run", "--rm", "--network", "none", "--entrypoint", "sh", COURSE_IMAGE, "-c",
-                   f"find / -xdev \\( {names} \\) -not -path '/opt/course/*' 2>/dev/null; "
-                   "grep -rl 'BEGIN HIDDEN TESTS' /opt /home 2>/dev/null; true")
+                   f"find / -xdev \\( {names} \\) 2>/dev/null; "
+                   "grep -rlE 'BEGIN (HIDDEN TESTS|SOLUTION)' /opt/course /home /srv /usr/local 2>/dev/null; true")
     assert found.strip() == ""
 
 
@@ -100,3 +100,43 @@ def test_gamed_answers_score_nothing(graded, assignment):
             if s["score"]:
                 beaten.append(f"{g['name']!r} scores {s['score']:g} on {gid}")
     assert not beaten, f"{assignment}: gamed answers that score: " + "; ".join(beaten)
+
+
+def _notebook(*cells):
+    """A notebook whose cells are (source, graded) pairs; graded cells are worth a point."""
+    out = []
+    for i, (source, grade) in enumerate(cells):
+        out.append({"cell_type": "code", "execution_count": None, "outputs": [], "source": source,
+                    "metadata": {"nbgrader": {"grade": grade, "grade_id": f"c{i}", "locked": grade,
+                                              "solution": not grade, "schema_version": 3, "task": False,
+                                              **({"points": 1} if grade else {})}}})
+    return json.dumps({"cells": out, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                 "language": "python"}},
+                       "nbformat": 4, "nbformat_minor": 5})
+
+
+def test_validate_runs_as_grading_does():
+    """A student's Validate (nbgrader validate in their server) runs the grading kernel: a
+    library's warning on stderr does not fail a test, and a package the student installed with
+    pip --user, which grading lacks, fails with a message that says so. The student's own
+    kernel still imports it."""
+    name = f"mlops-lab-test-validate-{uuid.uuid4().hex[:8]}"
+    docker("run", "-d", "--name", name, "--network", "none", "--entrypoint", "sleep", COURSE_IMAGE, "infinity")
+    try:
+        site = docker("exec", name, "python", "-m", "site", "--user-site").strip()
+        warn = _notebook(("import warnings, logging\nwarnings.warn('this API is deprecated')\n"
+                          "logging.getLogger('lib').warning('a log line on stderr')", False),
+                         ("import sys\nprint('progress 50%', file=sys.stderr)\nassert 1 + 1 == 2", True))
+        mine = _notebook(("import fancylib\nvalue = fancylib.VALUE", False), ("assert value == 42", True))
+        script = (f"mkdir -p {site}/fancylib && echo 'VALUE = 42' > {site}/fancylib/__init__.py && "
+                  "cd /tmp && cat > warn.ipynb && printf '%s' \"$MINE\" > mine.ipynb && "
+                  "nbgrader validate warn.ipynb; echo @@@@; nbgrader validate mine.ipynb; echo @@@@; "
+                  "python -c 'import fancylib; print(\"own kernel:\", fancylib.VALUE)'")
+        r = subprocess.run(["docker", "exec", "-i", "-e", f"MINE={mine}", name, "sh", "-c", script], input=warn,
+                           capture_output=True, text=True, timeout=300)
+        warn_out, mine_out, own = r.stdout.split("@@@@")
+        assert "Success! Your notebook passes all the tests." in warn_out, warn_out + r.stderr
+        assert "only your own pip install has it, grading does not" in mine_out and "fancylib" in mine_out, mine_out + r.stderr
+        assert "own kernel: 42" in own
+    finally:
+        docker("rm", "-f", name, check=False)
