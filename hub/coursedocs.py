@@ -1,7 +1,8 @@
-"""What students read about the course, generated from the calendar so it never disagrees with
-it: the README in every student's home (``course/material/README.md``: the schedule, how to
-fetch, validate and submit, hidden tests, the pass rule, where to get help) and the header cell
-of each assignment notebook (its session, module, release and due time, graded cells and points).
+"""What people read about the course, generated from the calendar so it never disagrees with it:
+the README in every student's home (``course/material/README.md``: the schedule, how to fetch,
+validate and submit, hidden tests, the pass rule, where to get help), the header cell of each
+assignment notebook (its session, module, release and due time, graded cells and points), and the
+instructors' table of assignments in ``course/README.md``.
 
     python -m hub.coursedocs            rewrite the README and the notebooks' header cells
     python -m hub.coursedocs --check    exit 1, naming each file, if any is out of date
@@ -23,6 +24,9 @@ from .coursecal import Calendar, load_calendar
 
 COURSE = Path(__file__).resolve().parent.parent / "course"
 README = Path("material") / "README.md"
+# The instructors' map of the course (course/README.md): the table between these markers.
+MAP_START = "<!-- assignments: written by python -m hub.coursedocs from calendar.yaml and the notebooks -->"
+MAP_END = "<!-- end of assignments -->"
 
 
 def when(t: dt.datetime) -> str:
@@ -131,6 +135,17 @@ def readme(cal: Calendar) -> str:
     return "\n".join(lines)
 
 
+def course_map(cal: Calendar, points: dict[str, list[tuple[str, float]]]) -> str:
+    lines = [MAP_START, "", "| assignment | session | module | core | released | due | graded cells (points) |",
+             "|---|---|---|---|---|---|---|"]
+    for a in sorted(cal.assignments.values(), key=lambda a: (a.release, a.name)):
+        session = cal.sessions.get(a.session) if a.session else None
+        cells = ", ".join(f"`{gid}` ({p:g})" for gid, p in points.get(a.name, []))
+        lines.append(f"| `{a.name}` {a.title} | {f'{session.number} · {session.title}' if session else '–'} | "
+                     f"{a.module or '–'} | {'yes' if a.core else 'no'} | {when(a.release)} | {when(a.due)} | {cells} |")
+    return "\n".join(lines + ["", MAP_END])
+
+
 def write(course: Path = COURSE, check: bool = False) -> tuple[list[str], list[str]]:
     """Rewrite (or with check, only compare) the README and the headers; returns the files that
     differed and the problems that stopped a file being written."""
@@ -142,6 +157,7 @@ def write(course: Path = COURSE, check: bool = False) -> tuple[list[str], list[s
         stale.append(str(path))
         if not check:
             path.write_text(text, encoding="utf-8")
+    points: dict[str, list[tuple[str, float]]] = {}
     for name in cal.assignments:
         path = course / "source" / name / f"{name}.ipynb"
         try:
@@ -149,6 +165,7 @@ def write(course: Path = COURSE, check: bool = False) -> tuple[list[str], list[s
         except (OSError, ValueError) as exc:
             problems.append(f"{path}: cannot read: {exc}")
             continue
+        points[name] = graded_cells(nb)
         cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "header"]
         want = header(cal, name, nb)
         if not cells:
@@ -159,6 +176,18 @@ def write(course: Path = COURSE, check: bool = False) -> tuple[list[str], list[s
             if not check:
                 cells[0].source = want
                 nbformat.write(nb, path)
+    path = course / "README.md"
+    text = path.read_text(encoding="utf-8")
+    if MAP_START not in text or MAP_END not in text:
+        problems.append(f"{path}: no assignment table (the lines {MAP_START} and {MAP_END})")
+    else:
+        before, rest = text.split(MAP_START, 1)
+        after = rest.split(MAP_END, 1)[1]
+        new = before + course_map(cal, points) + after
+        if new != text:
+            stale.append(str(path))
+            if not check:
+                path.write_text(new, encoding="utf-8")
     return stale, problems
 
 

@@ -26,6 +26,29 @@ CAS_PORT = IDP_PORT + 2
 TAG = os.environ.get("LAB_IMAGE_TAG") or (ROOT / "VERSION").read_text().strip()
 HOST = "localhost"  # every student's server and every service is on a subdomain of it
 
+def course_notebook(assignment: str):
+    import nbformat
+
+    return nbformat.read(ROOT / "course" / "source" / assignment / f"{assignment}.ipynb", as_version=4)
+
+
+def assignment_points(assignment: str) -> float:
+    """All the points of an assignment (what nbgrader reports as its maximum)."""
+    return sum(c.metadata["nbgrader"].get("points", 0) for c in course_notebook(assignment).cells
+               if c.metadata.get("nbgrader", {}).get("grade"))
+
+
+def solved(assignment: str, release):
+    """A student's submission that does all the work: the released notebook with the instructor's
+    answer in every solution cell (course/tools/gaming_check.py builds it the same way)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gaming_check", ROOT / "course" / "tools" / "gaming_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.solved(course_notebook(assignment), release)
+
+
 # Chromium resolves <anything>.localhost to the loopback address by itself; the tests' own HTTP
 # clients (requests, websocket-client) go through this, so they reach the same origins.
 _getaddrinfo = socket.getaddrinfo

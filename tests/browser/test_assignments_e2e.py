@@ -15,7 +15,7 @@ from tests.browser.test_login import ARTIFACTS, browser, login_dtu, new_page  # 
 
 pytestmark = pytest.mark.browser
 
-A = "03-reproducibility"
+A = "06-reproducibility"
 STUDENT = "s230003"
 # Half the work: seed_everything (3 of the 6 points); config_fingerprint is left undone.
 ANSWER = "def seed_everything(seed: int) -> None: random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)"
@@ -44,7 +44,7 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
     page.get_by_label("CPU", exact=False).first.check()
     page.get_by_role("button", name="Start").click()
     page.wait_for_url(f"**/user/{STUDENT}/lab**", timeout=240_000)
-    expect(page.locator(".jp-Launcher")).to_be_visible(timeout=120_000)
+    expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
 
     # Fetch in the Assignments panel
     open_assignments_panel(page)

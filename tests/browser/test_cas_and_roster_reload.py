@@ -1,5 +1,7 @@
 """DTU login by CAS 3.0, and roster reloads that add and remove access while the hub keeps running."""
 
+from urllib.parse import unquote
+
 import pytest
 
 from tests.browser.test_login import ARTIFACTS, browser, login_dtu, new_page  # noqa: F401  (fixture)
@@ -90,10 +92,11 @@ def cas_lab(lab):
 
 
 def test_dtu_login_by_cas(cas_lab, browser):  # noqa: F811
-    """CAS 3.0: the DTU button goes to the CAS login page; a DTU id typed in capitals is the same person."""
+    """CAS 3.0: a deep link, then the DTU button, goes to the CAS login page; a DTU id typed in
+    capitals is the same person, and the spawn form keeps the page the link asked for."""
     lab = cas_lab
     page = new_page(browser, 1200, 800)
-    page.goto(f"{lab.url}/hub/login")
+    page.goto(f"{lab.url}/hub/user-redirect/lab/tree/00-welcome/welcome.ipynb")
     page.get_by_role("button", name="Log in with DTU").click()
     page.wait_for_url(f"{lab.cas_url}/cas/login?service=*")
     page.fill("#username", "S230003")
@@ -102,6 +105,7 @@ def test_dtu_login_by_cas(cas_lab, browser):  # noqa: F811
     page.wait_for_url(f"{lab.url}/hub/**")
     expect(page.get_by_text("Choose the kind of server to start")).to_be_visible()
     expect(page.get_by_text("s230003").first).to_be_visible()
+    assert "/lab/tree/00-welcome/welcome.ipynb" in unquote(page.url), page.url
     assert "ticket" not in page.url  # the single-use ticket goes no further
     assert not lab.api("GET", "/users/s230003").json().get("servers")  # and starts nothing
     assert lab.api("GET", "/users/S230003").status_code == 404

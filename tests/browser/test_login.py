@@ -74,7 +74,7 @@ def test_dtu_and_github_logins_reach_the_same_server_and_home(lab, browser):
     page.get_by_label("CPU", exact=False).first.check()
     page.get_by_role("button", name="Start").click()
     page.wait_for_url("**/user/s230001/lab**", timeout=240_000)
-    expect(page.locator(".jp-Launcher")).to_be_visible(timeout=120_000)
+    expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
     expect(page.locator(".jp-DirListing-content").get_by_text("00-welcome")).to_be_visible()
     # A student sees the Assignments tools, not the instructors' ones.
     expect(page.get_by_text("Create Assignment")).to_have_count(0)
@@ -132,7 +132,7 @@ def test_ta_opens_a_students_server_and_students_cannot(lab, browser):
     ta.goto(f"{lab.user_url('s230001')}/lab")
     confirm_access(ta)
     ta.wait_for_url("**/user/s230001/lab**")
-    expect(ta.locator(".jp-Launcher")).to_be_visible(timeout=120_000)
+    expect(ta.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
     expect(ta.locator(".jp-DirListing-content").get_by_text("00-welcome")).to_be_visible()
     ta.screenshot(path=str(ARTIFACTS / "ta-in-student-server.png"))
     ta.context.close()
@@ -143,7 +143,7 @@ def test_ta_opens_a_students_server_and_students_cannot(lab, browser):
     response = student.goto(f"{lab.user_url('s230001')}/lab")
     expect(student.get_by_text("403")).to_be_visible()
     assert "/user/s230001/lab" not in student.url or response.status == 403
-    expect(student.locator(".jp-Launcher")).to_have_count(0)
+    expect(student.locator("#jp-main-dock-panel")).to_have_count(0)
     student.context.close()
 
 

@@ -4,6 +4,7 @@ with nbgrader's own commands, one student's attacks on another's work fail from 
 student container, malicious submissions are contained and score 0 with a reason while the
 others are graded, and an interrupted autograde resumes without re-grading what is done."""
 
+import datetime as dt
 import io
 import json
 import subprocess
@@ -14,11 +15,17 @@ import time
 import nbformat
 import pytest
 
-from tests.conftest import INSTANCE, ROOT, TEST_ROSTER, docker
+from hub.coursecal import load_calendar
+from tests.conftest import INSTANCE, ROOT, TEST_ROSTER, assignment_points, docker, solved
 
 pytestmark = pytest.mark.integration
 
-A = "02-project-cli"
+A = "04-project-cli"
+POINTS = assignment_points(A)
+CLOCK = "2027-01-05T10:00:00+01:00"
+# What the calendar has released by CLOCK (the 5th, session 2).
+RELEASED = sorted(name for name, a in load_calendar(ROOT / "course" / "calendar.yaml").assignments.items()
+                  if a.release <= dt.datetime.fromisoformat(CLOCK))
 EXTRA = ["s240001", "s240002", "s240003", "s240004", "s240005", "s240006"]
 ROSTER = TEST_ROSTER + "".join(f"{s},Test Student {s[-1]},{s}@student.dtu.dk,,student\n" for s in EXTRA)
 
@@ -27,9 +34,9 @@ ROSTER = TEST_ROSTER + "".join(f"{s},Test Student {s[-1]},{s}@student.dtu.dk,,st
 def course(lab):
     r = lab.import_roster(ROSTER)
     assert r.status_code == 200, r.text
-    lab.set_clock("2027-01-05T10:00:00+01:00")
-    lab.wait_course(lambda s: all(s["schedule"].get(a, {}).get("released")
-                                           for a in ("01-pytorch-training", A)), "the calendar's releases")
+    lab.set_clock(CLOCK)
+    lab.wait_course(lambda s: all(s["schedule"].get(a, {}).get("released") for a in RELEASED),
+                    "the calendar's releases")
     yield lab
     assert lab.import_roster(TEST_ROSTER).status_code == 200
 
@@ -42,12 +49,12 @@ def in_container(user: str, script: str, timeout: float = 180) -> subprocess.Com
 def test_calendar_released_only_what_is_due(course):
     listed = course.course("GET", "api/assignments").json()
     names = [a["assignment_id"] for a in listed["assignments"]]
-    assert names == ["01-pytorch-training", A]  # 03 is released on the 6th
+    assert sorted(names) == RELEASED and A in names and "06-reproducibility" not in names  # the 6th
     assert listed["now"].startswith("2027-01-05T09:0")
     # the scheduled releases ran without anyone logged in: the job log says "calendar"
     jobs = course.course("GET", "api/status").json()["jobs"]
     assert {(j["action"], j["assignment"], j["by"]) for j in jobs if j["state"] == "done"} >= {
-        ("release", A, "calendar"), ("release", "01-pytorch-training", "calendar")}
+        ("release", a, "calendar") for a in RELEASED}
 
 
 def test_student_cannot_reach_another_students_work(course):
@@ -89,7 +96,7 @@ def attack_from_another_container(course):
             "api/assignments/..%2Finbound/download",
             "api/submissions/..%2F..%2Fs230002%2F{A}/{sid}/feedback",
             "api/assignments/%2E%2E/download")]
-        out["unreleased"] = code("GET", "api/assignments/05-unit-testing/download")
+        out["unreleased"] = code("GET", "api/assignments/10-unit-testing/download")
         out["listed"] = [a["assignment_id"] for a in requests.get(base + "/api/assignments", headers=h).json()["assignments"]]
         release = requests.get(base + "/api/assignments/{A}/download", headers=h).content
         with tarfile.open(fileobj=io.BytesIO(release)) as t:
@@ -128,7 +135,7 @@ def attack_from_another_container(course):
     assert out["mine"] == [] and out["by_param"] == []
     assert out["their_feedback"] == 404
     assert all(c in (400, 404) for c in out["traversal"]), out["traversal"]
-    assert out["unreleased"] == 404 and "05-unit-testing" not in out["listed"]
+    assert out["unreleased"] == 404 and "10-unit-testing" not in out["listed"]
     assert out["hidden_in_release"] is False
     assert all(c == 403 for c in out["staff"].values()), out["staff"]
     assert all(c in (302, 403) for c in out["formgrader"]), out["formgrader"]
@@ -142,10 +149,13 @@ def attack_from_another_container(course):
     assert victim[0]["timestamp"] in r.stdout + r.stderr
 
 
-def notebook_with(release: nbformat.NotebookNode, answer: str) -> bytes:
+def notebook_with(release: nbformat.NotebookNode, answer: str | None) -> bytes:
+    """The release with ``answer`` in its first solution cell; None: all the work done."""
     nb = nbformat.from_dict(json.loads(json.dumps(release)))
+    if answer is None:
+        nb = solved(A, nb)
     for cell in nb.cells:
-        if cell.metadata.get("nbgrader", {}).get("solution"):
+        if answer is not None and cell.metadata.get("nbgrader", {}).get("solution"):
             cell.source = answer
             break
     buf = io.BytesIO()
@@ -155,12 +165,6 @@ def notebook_with(release: nbformat.NotebookNode, answer: str) -> bytes:
         info.size = len(data)
         t.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-def solution_source() -> str:
-    nb = nbformat.read(ROOT / "course" / "source" / A / f"{A}.ipynb", as_version=4)
-    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
-    return "\n".join(line for line in cell.source.splitlines() if "### " not in line)
 
 
 MALICIOUS = {
@@ -179,7 +183,7 @@ def submitted(course):
     with tarfile.open(fileobj=io.BytesIO(admin.content)) as t:
         release = nbformat.reads(t.extractfile(f"{A}.ipynb").read().decode(), as_version=4)
     answers = {s: code for s, (_, code) in MALICIOUS.items()}
-    answers["s240006"] = solution_source()
+    answers["s240006"] = None  # the correct one
     for student, answer in answers.items():
         r = course.course("POST", f"api/assignments/{A}/submit", token=course.user_token(student),
                           data=notebook_with(release, answer))
@@ -198,10 +202,10 @@ def test_malicious_submissions_are_contained_and_score_zero(course, submitted):
     assert r.returncode == 0, r.stdout + r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["failed"] == 0 and summary["submissions"] >= 6  # the six (and s230002 when run after the isolation test)
-    assert "autograde 02-project-cli" in r.stderr  # the progress bar
+    assert "autograde 04-project-cli" in r.stderr  # the progress bar
     book = ledger(course)
     good = book["s240006"]
-    assert good["status"] == "graded" and good["score"] == good["max_score"] == 4, good
+    assert good["status"] == "graded" and good["score"] == good["max_score"] == POINTS, good
     for student, (what, _) in MALICIOUS.items():
         entry = book[student]
         assert entry["status"] == "graded" and entry["score"] == 0, (what, entry)
@@ -218,8 +222,8 @@ def test_malicious_submissions_are_contained_and_score_zero(course, submitted):
     csv = course.course("GET", "api/grades.csv").text
     rows = {line.split(",")[0]: line.split(",") for line in csv.splitlines()[1:]}
     header = csv.splitlines()[0].split(",")
-    col = header.index(f"{A} (of 4)")
-    assert rows["s240006"][col] == "4" and rows["s240001"][col] == "0"
+    col = header.index(f"{A} (of {POINTS:g})")
+    assert rows["s240006"][col] == f"{POINTS:g}" and rows["s240001"][col] == "0"
 
 
 def test_interrupted_autograde_resumes_without_regrading(course, submitted):
@@ -253,7 +257,7 @@ def test_interrupted_autograde_resumes_without_regrading(course, submitted):
     assert f"{len(before)} of {summary['submissions']} submission(s) already graded" in r.stderr
     for student, entry in before.items():
         assert after[student]["graded_at"] == entry["graded_at"], student  # not graded again
-    assert set(after) >= set(EXTRA) and after["s240006"]["score"] == 4
+    assert set(after) >= set(EXTRA) and after["s240006"]["score"] == POINTS
 
 
 def test_a_student_taken_off_the_roster_loses_the_exchange(course, submitted):

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import ROOT, TAG, docker
+from tests.conftest import ROOT, TAG, assignment_points, docker
 
 pytestmark = pytest.mark.integration
 
@@ -45,15 +45,16 @@ def hub_run(net: str, script: str) -> subprocess.CompletedProcess:
 def test_release_and_export_use_the_postgres_gradebook(postgres):
     script = (
         "set -e; mkdir -p /tmp/course/state /tmp/course/nbgrader/source /tmp/course/exchange; "
-        "cp -r /srv/lab/course/source/02-project-cli /tmp/course/nbgrader/source/; "
-        "python -m hub.grading release 02-project-cli; "
+        "cp -r /srv/lab/course/source/04-project-cli /tmp/course/nbgrader/source/; "
+        "python -m hub.grading release 04-project-cli; "
         "python -m hub.grading grades; "
         "python -c \"from nbgrader.api import Gradebook; from hub.grading import gradebook_url; "
-        "gb = Gradebook(gradebook_url()); a = gb.find_assignment('02-project-cli'); "
+        "gb = Gradebook(gradebook_url()); a = gb.find_assignment('04-project-cli'); "
         "print('in postgres:', a.name, a.duedate, a.max_score, gb.db.bind.dialect.name)\"; "
         "ls /tmp/course/nbgrader")
     r = hub_run(postgres, script)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "in postgres: 02-project-cli 2027-01-07 22:59:00 4.0 postgresql" in r.stdout
-    assert "02-project-cli (of 4)" in r.stdout.splitlines()[0]
+    points = assignment_points("04-project-cli")
+    assert f"in postgres: 04-project-cli 2027-01-07 22:59:00 {float(points)} postgresql" in r.stdout
+    assert f"04-project-cli (of {points:g})" in r.stdout.splitlines()[0]
     assert "gradebook.db" not in r.stdout  # no SQLite file was made

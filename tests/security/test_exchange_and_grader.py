@@ -12,6 +12,7 @@ import nbformat
 import pytest
 import requests
 
+from tests.conftest import assignment_points
 from tests.security.conftest import (A, ATTACKER, CLIENT, FORGER, HONEST, hub_exec, in_container, release_notebook,
                                      with_answer)
 
@@ -126,14 +127,14 @@ def test_a_forged_sandbox_result_gets_no_marks(course):
     book = json.loads(hub_exec("cat", f"/srv/course/state/grading/{A}.json").stdout)
     forger = book[FORGER]
     assert forger["status"] == "graded" and forger["score"] == 0, forger
-    assert forger["max_score"] == 4
+    assert forger["max_score"] == assignment_points(A)
     # The executor survived every signal; what the notebook read of PID 1 is in its own output.
     autograded = hub_exec("cat", f"/srv/course/nbgrader/autograded/{FORGER}/{A}/{A}.ipynb").stdout
     assert "STOLEN" in autograded and "PermissionError" in autograded, autograded[:2000]
     # The export says 0 for the forger.
     csv = course.course("GET", "api/grades.csv").text
     header, *rows = csv.splitlines()
-    col = header.split(",").index(f"{A} (of 4)")
+    col = header.split(",").index(f"{A} (of {assignment_points(A):g})")
     row = next(r.split(",") for r in rows if r.startswith(FORGER + ","))
     assert row[col] == "0"
 
