@@ -5,7 +5,7 @@ help:
 	@echo "make up      build what is missing, start the lab, print its URL and how to log in"
 	@echo "make down    stop the lab and its student servers (every volume is kept)"
 	@echo "make roster FILE=roster.csv [DRY_RUN=1]  import the course roster (no restart); prints what changed"
-	@echo "make release A=02-project-cli [FORCE=1]  release an assignment now (the calendar does it on time)"
+	@echo "make release A=04-project-cli [FORCE=1]  release an assignment now (the calendar does it on time)"
 	@echo "make collect A=...  collect the latest submissions;  make feedback A=...  generate and release feedback"
 	@echo "make autograde A=... [WORKERS=n] [FORCE=1]  collect and autograde in sandboxes, with a progress bar (resumable)"
 	@echo "make grades [OUT=grades.csv]  the grades export: every student, every assignment, passed / not passed"

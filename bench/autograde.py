@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Autograde benchmark: our parallel sandboxed grader against nbgrader's plain serial autograde.
 
-    bench/autograde.py [-m 40] [--workers N] [--assignment 02-project-cli] [--instance mlops-lab]
+    bench/autograde.py [-m 40] [--workers N] [--assignment 04-project-cli] [--instance mlops-lab]
 
 Against the running lab (`make up`), in a scratch course folder of its own on the course-data
 volume (the course's real gradebook and exchange are not touched):
@@ -100,7 +100,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-m", type=int, default=40, help="synthetic submissions (default 40)")
     p.add_argument("--workers", type=int, default=0, help="our grader's workers (default: the hub's cores)")
-    p.add_argument("--assignment", default="02-project-cli")
+    p.add_argument("--assignment", default="04-project-cli")
     p.add_argument("--instance", default=os.environ.get("LAB_INSTANCE", "mlops-lab"))
     p.add_argument("--tag", default=os.environ.get("LAB_IMAGE_TAG") or (ROOT / "VERSION").read_text().strip())
     args = p.parse_args()

@@ -15,7 +15,7 @@ import pytest
 from tests.browser.test_login import browser, login_dtu, new_page  # noqa: F401  (fixture)
 from tests.conftest import INSTANCE, TEST_ROSTER
 
-A = "02-project-cli"
+A = "04-project-cli"
 ATTACKER = "s230001"          # runs code in their own container, with their own token
 HONEST = "s240020"            # submits honest work; must stay untouched
 FORGER = "s240021"            # submits notebooks that attack the grader
@@ -25,7 +25,7 @@ ROSTER = TEST_ROSTER + "".join(f"{s},Red Team {s[-2:]},{s}@student.dtu.dk,,stude
 
 @pytest.fixture(scope="package")
 def course(lab):
-    """02-project-cli released and not yet due; the red team on the roster."""
+    """04-project-cli released and not yet due; the red team on the roster."""
     r = lab.import_roster(ROSTER)
     assert r.status_code == 200, r.text
     lab.set_clock("2027-01-06T12:00:00+01:00")

@@ -12,7 +12,7 @@ def test_the_course_calendar_loads_with_its_sources():
     cal = load_calendar(COURSE / "calendar.yaml", COURSE / "source")
     first = cal.get("01-pytorch-training")
     assert first.release.isoformat() == "2027-01-04T09:00:00+01:00" and first.core
-    assert cal.get("08-scaling").core is False
+    assert cal.get("17-quantisation").core is False
 
 
 def test_pass_rule_needs_every_core_module():
