@@ -58,6 +58,10 @@ def test_every_assignment_is_scheduled_once_and_stands_alone():
     for name in sources:
         # Graded notebooks run alone in the sandbox: nothing else may sit beside them.
         assert [p.name for p in (COURSE / "source" / name).iterdir()] == [f"{name}.ipynb"], name
+        # Sources are kept without outputs: the release is made from them.
+        stored = [c["metadata"].get("nbgrader", {}).get("grade_id") for c in notebook(name)["cells"]
+                  if c["cell_type"] == "code" and (c["outputs"] or c["execution_count"])]
+        assert not stored, f"{name}: outputs stored in cells {stored}"
 
 
 def test_each_session_releases_on_its_day_with_equal_working_time():
