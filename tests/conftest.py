@@ -326,7 +326,7 @@ def lab(tmp_path_factory, lab_settings) -> Lab:
     up = lab.compose("up", "-d", check=False)
     assert up.returncode == 0, up.stderr
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # the hub starts its services one by one: slow on a busy host
         while True:
             try:
                 if requests.get(f"{lab.url}/hub/health", timeout=2).ok and \

@@ -29,7 +29,7 @@ ASSIGNMENTS = sorted(p.name for p in (ROOT / "course" / "source").iterdir() if p
 def autograde(assignment: str) -> dict:
     name = f"mlops-lab-test-course-{uuid.uuid4().hex[:8]}"
     docker("run", "-d", "--name", name, "--network", "none", "--read-only",
-           "--tmpfs", "/tmp:size=1g,exec", "--tmpfs", "/home/jovyan:size=256m,uid=1000,gid=1000",
+           "--tmpfs", "/tmp:size=1g", "--tmpfs", "/home/jovyan:size=256m,uid=1000,gid=1000",
            "--cpus", "1", "--memory", "2g", "--memory-swap", "2g", "--pids-limit", "256",
            "-v", f"{ROOT / 'course'}:/srv/course-src:ro", "--entrypoint", "sleep", COURSE_IMAGE, "infinity")
     try:
