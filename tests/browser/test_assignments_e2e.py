@@ -12,13 +12,16 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.test_login import ARTIFACTS, browser, login_dtu, new_page  # noqa: F401  (fixture)
+from tests.conftest import assignment_points
 
 pytestmark = pytest.mark.browser
 
 A = "06-reproducibility"
 STUDENT = "s230003"
-# Half the work: seed_everything (3 of the 6 points); config_fingerprint is left undone.
-ANSWER = "def seed_everything(seed: int) -> None: random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)"
+# Part of the work: seed_everything (test_seed's 3 points); the rest is left undone.
+ANSWER = ("def seed_everything(seed: int) -> None: random.seed(seed); np.random.seed(seed); torch.manual_seed(seed); "
+          "os.environ['PYTHONHASHSEED'] = str(seed)")
+POINTS = assignment_points(A)
 
 
 def open_assignments_panel(page):
@@ -79,7 +82,7 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
     status = lab.wait_course(lambda s: s["schedule"].get(A, {}).get("deadline"), f"grading of {A}", timeout=600)
     job = [j for j in status["jobs"] if j["assignment"] == A and j["action"] == "deadline"][-1]
     assert job["by"] == "calendar" and job["state"] == "done", job
-    assert f"{A}/{STUDENT}: graded, 3 of 6 points" in job["output"], job["output"]
+    assert f"{A}/{STUDENT}: graded, 3 of {POINTS:g} points" in job["output"], job["output"]
 
     # The student fetches the feedback in the panel and reads the score
     page.reload()
@@ -92,7 +95,7 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
     feedback = new_page(browser)
     feedback.context.add_cookies(page.context.cookies())
     feedback.goto(f"{lab.user_url(STUDENT)}/files/{A}/feedback/{stamp}/{A}.html")
-    expect(feedback.get_by_text(f"{A} (Score: 3.0 / 6.0)")).to_be_visible()
+    expect(feedback.get_by_text(f"{A} (Score: 3.0 / {float(POINTS)})")).to_be_visible()
     feedback.screenshot(path=str(ARTIFACTS / "assignment-feedback.png"), full_page=False)
 
     # A submission after the due time is accepted and marked late, in the panel and on the
@@ -129,5 +132,5 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
     assert download.value.suggested_filename == "mlops-02476-grades.csv"
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     row = next(r for r in rows if r["student_id"] == STUDENT)
-    assert row[f"{A} (of 6)"] == "3"
+    assert row[f"{A} (of {POINTS:g})"] == "3"
     assert row["result"] == "not passed"  # the other core modules have 0 points
