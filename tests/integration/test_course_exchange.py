@@ -101,7 +101,7 @@ def attack_from_another_container(course):
         release = requests.get(base + "/api/assignments/{A}/download", headers=h).content
         with tarfile.open(fileobj=io.BytesIO(release)) as t:
             text = "".join(t.extractfile(m).read().decode() for m in t.getmembers() if m.isfile())
-        out["hidden_in_release"] = "BEGIN HIDDEN TESTS" in text or "BEGIN SOLUTION" in text or "add_subparsers" in text
+        out["hidden_in_release"] = "BEGIN HIDDEN TESTS" in text or "BEGIN SOLUTION" in text or "_check_random_config" in text
         out["staff"] = {{p: code(m, p) for m, p in (("GET", "api/status"), ("GET", "api/grades.csv"), ("GET", "dashboard"),
                                                   ("POST", "api/assignments/{A}/collect"), ("PUT", "api/clock"))}}
         fg = base.replace("/services/course", "/services/formgrader")
