@@ -40,13 +40,14 @@ def start_cpu_server(page) -> None:
 
 def own_lab(lab, page, user: str, path: str = "lab") -> None:
     """The page is the user's own JupyterLab, on their own host, at ``path``."""
-    page.wait_for_url(f"{lab.user_url(user)}/{path}*", timeout=240_000)
+    page.wait_for_url(f"{lab.user_url(user)}/{path}**", timeout=240_000)
     expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
 
 
 def notebook_open(page) -> None:
-    expect(page.locator(".jp-NotebookPanel .jp-Notebook").first).to_be_visible(timeout=60_000)
-    expect(page.locator(".jp-NotebookPanel").get_by_text("Welcome").first).to_be_visible()
+    """The welcome notebook is the open tab, its kernel-backed notebook shown."""
+    expect(page.locator(".lm-TabBar-tab.jp-mod-current", has_text="welcome.ipynb").first).to_be_visible(timeout=60_000)
+    expect(page.locator(".jp-NotebookPanel .jp-Notebook").first).to_be_visible()
 
 
 def test_front_page_second_tab_deep_link_logout_and_expiry(lab, browser, stopped_afterwards):  # noqa: F811
