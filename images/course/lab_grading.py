@@ -12,6 +12,8 @@ servers, and in the course's own tests. It differs from the plain Python kernel 
   transformers, exception handlers, cell events, the shell's and its own methods and the trace
   function back as they were at start. (Code that runs in the same process can always find
   another way in; this closes the known ones.)
+- One thread for OpenMP, MKL and OpenBLAS (kernel.json): the sandbox has one CPU, and PyTorch's
+  default of one thread per host CPU makes training there many times slower.
 - It has the course image's packages only, as the grading sandbox does. Packages a student
   installed with ``pip install --user`` are not on its path, and importing one fails with a
   message that says so (``UserSiteHint``), instead of the notebook failing only when graded.
