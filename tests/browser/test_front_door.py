@@ -47,7 +47,7 @@ def own_lab(lab, page, user: str, path: str = "lab") -> None:
 def notebook_open(page) -> None:
     """The welcome notebook is the open tab, its kernel-backed notebook shown."""
     expect(page.locator(".lm-TabBar-tab.jp-mod-current", has_text="welcome.ipynb").first).to_be_visible(timeout=60_000)
-    expect(page.locator(".jp-NotebookPanel .jp-Notebook").first).to_be_visible()
+    expect(page.locator(".jp-NotebookPanel:visible .jp-Notebook").first).to_be_visible()
 
 
 def test_front_page_second_tab_deep_link_logout_and_expiry(lab, browser, stopped_afterwards):  # noqa: F811
