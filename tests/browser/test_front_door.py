@@ -53,6 +53,11 @@ def notebook_open(page) -> None:
 def test_front_page_second_tab_deep_link_logout_and_expiry(lab, browser, stopped_afterwards):  # noqa: F811
     user = "s230002"
     stopped_afterwards.append(user)
+    # The server has been started once already (by staff, or ahead of class) but the student has
+    # never visited: their first login still opens the README.
+    if not lab.api("GET", f"/users/{user}").json().get("servers"):
+        lab.start(user, profile="cpu")
+    lab.stop(user)
     page = new_page(browser)
     page.goto(f"{lab.url}/")
     pick_person(lab, page, "DTU", user)
