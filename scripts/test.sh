@@ -82,5 +82,20 @@ if [ "$step" = ansible ]; then
   exec .venv/bin/python -m pytest tests/ansible -q -rs -p no:cacheprovider
 fi
 
+# The course's assignments (nbgrader autograde of each solution, release and gamed answer in the
+# course image) need no lab: they run beside the lab's tests, one grading container at a time.
+say "course assignments: autograded in the background, log in tests/artifacts/course-assignments.log"
+LAB_TEST_GRADING_WORKERS=1 .venv/bin/python -m pytest tests/integration/test_course_assignments.py -q -rs \
+  -p no:cacheprovider > tests/artifacts/course-assignments.log 2>&1 &
+assignments=$!
 say "integration, browser and security tests (against a separate lab instance, mlops-lab-test), then the Ansible playbook's"
-exec .venv/bin/python -m pytest tests/integration tests/browser tests/security tests/ansible -q -rs -p no:cacheprovider
+lab_status=0
+.venv/bin/python -m pytest tests/integration tests/browser tests/security tests/ansible -q -rs -p no:cacheprovider \
+  --deselect tests/integration/test_course_assignments.py || lab_status=$?
+assignments_status=0
+wait "$assignments" || assignments_status=$?
+say "course assignments (exit $assignments_status):"
+cat tests/artifacts/course-assignments.log
+if [ "$lab_status" -ne 0 ] || [ "$assignments_status" -ne 0 ]; then
+  exit 1
+fi

@@ -8,9 +8,11 @@ sandbox (read-only root, tmpfs home, one CPU). For each assignment (course/tools
 - every gamed answer of course/gaming/<assignment>.yaml (constants, hard-coded expectations,
   identity checks, skipped work, monkeypatching) scores 0 in each cell it targets.
 
-Assignments are graded two at a time (one per core) as the tests ask for them."""
+Assignments are graded two at a time (one per core; LAB_TEST_GRADING_WORKERS sets it) as the
+tests ask for them."""
 
 import json
+import os
 import subprocess
 import threading
 import uuid
@@ -50,7 +52,7 @@ def graded(request):
     wanted = [item.callspec.params["assignment"] for item in request.session.items
               if hasattr(item, "callspec") and "assignment" in item.callspec.params
               and item.module.__name__ == __name__]
-    pool = ThreadPoolExecutor(max_workers=2)
+    pool = ThreadPoolExecutor(max_workers=int(os.environ.get("LAB_TEST_GRADING_WORKERS", "2")))
     futures = {}
     lock = threading.Lock()
     for a in dict.fromkeys(wanted):
