@@ -27,7 +27,7 @@ POINTS = assignment_points(A)
 def open_assignments_panel(page):
     page.locator(".lm-MenuBar-itemLabel", has_text="Nbgrader").click()
     page.locator(".lm-Menu-itemLabel", has_text="Assignment List").click()
-    expect(page.get_by_text("Released assignments")).to_be_visible()
+    expect(page.get_by_text("Released assignments", exact=True)).to_be_visible()
 
 
 @pytest.fixture
