@@ -48,6 +48,9 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
     page.get_by_role("button", name="Start").click()
     page.wait_for_url(f"**/user/{STUDENT}/lab**", timeout=240_000)
     expect(page.locator("#jp-main-dock-panel")).to_be_visible(timeout=120_000)
+    # The first login shows the course README; JupyterLab has restored its layout once it is there.
+    expect(page.locator(".jp-RenderedMarkdown", has_text="How to fetch, validate and submit").first).to_be_visible(
+        timeout=60_000)
 
     # Fetch in the Assignments panel
     open_assignments_panel(page)
