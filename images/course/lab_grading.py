@@ -93,12 +93,9 @@ class GradingKernel(IPythonKernel):
             sh.events.callbacks[name][:] = p["events"].get(name, [])
 
     async def execute_request(self, stream, ident, parent):
+        # Restores do_execute and everything it calls; the handler table holds this bound method.
         GradingKernel.restore(self)
         return await IPythonKernel.execute_request(self, stream, ident, parent)
-
-    async def do_execute(self, *args, **kwargs):
-        GradingKernel.restore(self)
-        return await IPythonKernel.do_execute(self, *args, **kwargs)
 
 
 class UserSiteHint(importlib.abc.MetaPathFinder):
