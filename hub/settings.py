@@ -596,9 +596,9 @@ def _check_consistency(settings: Settings, lines: dict, name: str, problems: lis
     defaults = [n for n, p in enabled.items() if p.get("default")]
     if len(defaults) > 1:
         problems.append(f"{where('profiles')}: profiles: only one profile may be the default, not {', '.join(defaults)}")
-    for name, profile in enabled.items():
+    for profile_name, profile in enabled.items():
         if "display_name" not in profile:
-            problems.append(f"{where('profiles', name)}: profiles.{name}.display_name: required")
+            problems.append(f"{where('profiles', profile_name)}: profiles.{profile_name}.display_name: required")
     ids = [d["id"] for d in settings.get("gpus.devices")]
     for i, device in enumerate(settings.get("gpus.devices")):
         if ids.count(device["id"]) > 1:

@@ -218,3 +218,10 @@ def test_a_bad_gradebook_url_is_named_without_its_password(tmp_path):
 def test_the_public_url_must_be_a_host_name_at_its_root(tmp_path, url, message):
     """Students' servers live on subdomains of it, which an address or a path cannot give."""
     assert any(message in p for p in problems(tmp_path, LAB_PUBLIC_URL=url))
+
+
+def test_a_profile_without_a_display_name_is_named_with_the_file_and_line(tmp_path):
+    """The problem names the settings file and the profile's line, not the profile as a file."""
+    found = problems(tmp_path, "profiles:\n  cpu:\n    enabled: true\n  extra:\n    description: more\n")
+    path = tmp_path / "lab.yaml"
+    assert f"{path}:4: profiles.extra.display_name: required" in found, found
