@@ -1,0 +1,38 @@
+"""The .env that Ansible writes carries every setting an operator can give the lab in .env, so a
+host set up by Ansible can keep what a host set up by hand can (a PostgreSQL gradebook, a GitHub
+token); the template is rewritten on every run, so a variable it leaves out is lost."""
+
+import re
+from pathlib import Path
+
+import jinja2
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "ansible" / "roles" / "lab" / "templates" / "env.j2"
+# The demo providers' ports and addresses: Ansible hosts are live (Caddy in front, no demo peers).
+DEMO_ONLY = {"LAB_IDP_PORT", "LAB_IDP_GITHUB_PORT", "LAB_IDP_CAS_PORT", "LAB_IDP_PUBLIC_URL",
+             "LAB_IDP_GITHUB_PUBLIC_URL", "LAB_IDP_CAS_PUBLIC_URL"}
+
+
+def names(text: str) -> set[str]:
+    return set(re.findall(r"^#? ?(LAB_[A-Z_]+)=", text, re.M))
+
+
+def test_the_ansible_env_has_every_variable_of_the_env_example():
+    missing = names((ROOT / ".env.example").read_text()) - DEMO_ONLY - names(TEMPLATE.read_text())
+    assert not missing, f"{TEMPLATE.relative_to(ROOT)} leaves out {sorted(missing)}"
+
+
+def test_the_gradebook_url_from_the_vault_reaches_the_env():
+    defaults = yaml.safe_load((ROOT / "ansible" / "roles" / "lab" / "defaults" / "main.yml").read_text())
+    values = {**defaults, "ansible_managed": "Ansible", "lab_domain": "lab.example.dk", "lab_version": "1.0.0",
+              "lab_gradebook_url": "postgresql://lab:pw@db.example.dk/gradebook",
+              "lab_github_api_token": "ghp_x"}
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(TEMPLATE.read_text()).render(values)
+    assert "LAB_GRADEBOOK_URL=postgresql://lab:pw@db.example.dk/gradebook\n" in env
+    assert "LAB_GITHUB_API_TOKEN=ghp_x\n" in env
+    # Empty by default: the lab's SQLite gradebook.
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(TEMPLATE.read_text()).render(
+        {**defaults, "ansible_managed": "Ansible", "lab_domain": "lab.example.dk", "lab_version": "1.0.0"})
+    assert "LAB_GRADEBOOK_URL=\n" in env
