@@ -36,6 +36,7 @@ from tornado import web
 from traitlets import List, Unicode
 
 from hub.roster import DEFAULT_ID_DOMAINS, DEFAULT_ID_PATTERN, Roster, RosterStore, normalize_id
+from hub.settings import Settings
 
 
 class LoginRefused(web.HTTPError):
@@ -50,7 +51,7 @@ class LoginRefused(web.HTTPError):
 class CourseAuthenticator(MultiAuthenticator):
     """The hub's authenticator: the providers' buttons, and the roster that decides who gets in."""
 
-    roster_file = Unicode("/srv/jupyterhub/roster.json", config=True, help="The stored roster (JSON).")
+    roster_file = Unicode(str(Settings.roster_file), config=True, help="The stored roster (JSON).")
     contact = Unicode("the course's instructors", config=True,
                       help="Who to ask about enrolment and GitHub links, as shown on refusal pages.")
     id_pattern = Unicode(DEFAULT_ID_PATTERN, config=True, help="What a DTU id looks like.")

@@ -6,10 +6,8 @@ configurer). ``jupyterhub_config.py`` calls ``apply`` and nothing else.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
-from pathlib import Path
 from urllib.parse import urlparse
 
 from jupyterhub.utils import subdomain_hook_idna
@@ -22,7 +20,6 @@ from .spawner import DOCKER_SAFE_USERNAME, docker_name
 DEMO_CLIENT_ID = "mlops-lab"
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 HOME = "/home/jovyan"
-GPU_STATE = "/srv/jupyterhub/gpu-allocations.sqlite"
 
 
 def apply(c, settings: Settings) -> None:
@@ -85,10 +82,6 @@ def service_url(settings: Settings, name: str) -> str:
     public = urlparse(settings.env["LAB_PUBLIC_URL"])
     port = f":{public.port}" if public.port else ""
     return f"{public.scheme}://{service_host(settings, name)}{port}/services/{name}/"
-
-
-ROSTER_FILE = "/srv/jupyterhub/roster.json"
-DEMO_ROSTER = str(Path(__file__).with_name("demo-roster.csv"))
 
 
 def github_api(settings: Settings) -> str:
@@ -172,7 +165,7 @@ def update_auth(c, settings: Settings) -> None:
     a = c.CourseAuthenticator
     a.authenticators = auth_providers(settings)
     a.username_prefix = ""  # both providers map to the same DTU id
-    a.roster_file = ROSTER_FILE
+    a.roster_file = str(settings.roster_file)
     a.contact = settings.get("auth.contact")
     a.id_pattern = settings.get("auth.id_pattern")
     a.id_domains = list(settings.get("auth.id_domains"))
@@ -261,7 +254,7 @@ def update_spawner(c, settings: Settings) -> None:
     }
     s.lab_profiles = [p.as_dict() for p in profiles_from_settings(settings)]
     s.gpu_devices = list(settings.get("gpus.devices"))
-    s.gpu_state_path = GPU_STATE
+    s.gpu_state_path = str(settings.gpu_state)
     s.extra_host_config = {
         # Keep an exited container until the spawner has read its logs; stop() removes it.
         "auto_remove": False,
@@ -309,7 +302,7 @@ def update_services(c, settings: Settings) -> None:
         "name": "gpu-usage",
         "url": "http://127.0.0.1:10101",
         "command": [sys.executable, "-m", "hub.services.gpu_usage"],
-        "environment": {"LAB_GPU_STATE": GPU_STATE},
+        "environment": settings.process_environment(),
         "oauth_no_confirm": True,
         "display": bool(settings.get("gpus.devices")),
     })
@@ -318,16 +311,8 @@ def update_services(c, settings: Settings) -> None:
         "name": "roster",
         "url": "http://127.0.0.1:10102",
         "command": [sys.executable, "-m", "hub.services.roster"],
-        "environment": {
-            "ROSTER_FILE": ROSTER_FILE,
-            "ROSTER_ID_PATTERN": settings.get("auth.id_pattern"),
-            "ROSTER_ID_DOMAINS": ",".join(settings.get("auth.id_domains")),
-            "ROSTER_DEMO_FILE": DEMO_ROSTER if settings.demo else "",
-            "ROSTER_OPERATORS": ",".join(settings.get("auth.admin_users")),
-            # GitHub logins are linked by GitHub's numeric id, looked up here at import.
-            "ROSTER_GITHUB_API": github_api(settings),
-            "ROSTER_GITHUB_TOKEN": settings.env.get("LAB_GITHUB_API_TOKEN") or "",
-        },
+        # GitHub logins are linked by GitHub's numeric id, looked up here at import (with the token).
+        "environment": settings.process_environment("LAB_GITHUB_API_TOKEN"),
         "oauth_no_confirm": True,
         "display": False,
     })
@@ -353,29 +338,12 @@ def update_services(c, settings: Settings) -> None:
     c.JupyterHub.load_roles = roles
 
 
-COURSE_ROOT = "/srv/course"
-COURSE_SRC = "/srv/lab/course"
-
-
 def course_services(settings: Settings) -> list[dict]:
     """The course service (exchange, calendar, grading jobs, dashboard, export), the sandbox
     runner, and the formgrader for staff; the course service and the formgrader appear in the
-    hub's Services menu for instructors and TAs."""
-    grading = dict(settings.get("grading"))
-    env = {
-        "LAB_COURSE_ROOT": COURSE_ROOT,
-        "LAB_COURSE_SRC": COURSE_SRC,
-        "LAB_COURSE_IMAGE": settings.env["LAB_COURSE_IMAGE"],
-        "LAB_INSTANCE": settings.instance,
-        "LAB_GRADING": json.dumps(grading),
-        "LAB_OPERATORS": ",".join(settings.get("auth.admin_users")),
-        "LAB_FORMGRADER_URL": service_url(settings, "formgrader"),
-        "ROSTER_FILE": ROSTER_FILE,
-    }
-    grader_env = {"LAB_COURSE_ROOT": COURSE_ROOT, "LAB_COURSE_SRC": COURSE_SRC,
-                  "LAB_OPERATORS": env["LAB_OPERATORS"]}
-    if settings.env.get("LAB_GRADEBOOK_URL"):
-        grader_env["LAB_GRADEBOOK_URL"] = env["LAB_GRADEBOOK_URL"] = settings.env["LAB_GRADEBOOK_URL"]
+    hub's Services menu for instructors and TAs. Each loads the same settings (hub.settings)."""
+    root = settings.course_root
+    grader_env = {**settings.process_environment("LAB_GRADEBOOK_URL"), "HOME": f"{root}/state/home"}
     return [
         {
             # As the grader user, who owns the course volume: nothing here runs as root.
@@ -383,15 +351,15 @@ def course_services(settings: Settings) -> list[dict]:
             "url": "http://127.0.0.1:10103",
             "command": [sys.executable, "-m", "hub.services.course"],
             "user": "grader",
-            "cwd": COURSE_ROOT,
-            "environment": {**env, "HOME": f"{COURSE_ROOT}/state/home"},
+            "cwd": str(root),
+            "environment": grader_env,
             "oauth_no_confirm": True,
         },
         {
             # The sandbox runner: root (it starts containers), on 127.0.0.1 only, not proxied.
             "name": "sandbox",
             "command": [sys.executable, "-m", "hub.services.sandbox"],
-            "environment": {k: env[k] for k in ("LAB_COURSE_ROOT", "LAB_COURSE_IMAGE", "LAB_INSTANCE", "LAB_GRADING")},
+            "environment": settings.process_environment(),
             "display": False,
         },
         {
@@ -401,8 +369,7 @@ def course_services(settings: Settings) -> list[dict]:
             "user": "grader",
             "cwd": "/srv/lab/formgrader",
             "environment": {**grader_env, "JUPYTER_CONFIG_PATH": "/srv/lab/formgrader", "JUPYTER_CONFIG_DIR": "/tmp/formgrader-config",
-                            "JUPYTER_RUNTIME_DIR": "/tmp/formgrader-runtime", "HOME": f"{COURSE_ROOT}/state/home",
-                            "JUPYTERHUB_DEFAULT_URL": "/formgrader"},
+                            "JUPYTER_RUNTIME_DIR": "/tmp/formgrader-runtime", "JUPYTERHUB_DEFAULT_URL": "/formgrader"},
             "oauth_no_confirm": True,
         },
     ]

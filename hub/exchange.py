@@ -44,8 +44,10 @@ from nbgrader.exchange.abc import (Exchange, ExchangeCollect, ExchangeList, Exch
                                    ExchangeReleaseFeedback)
 from traitlets import Unicode
 
+from hub.settings import USERNAME_RE
+
 EXCHANGE_ROOT = "/srv/course/exchange"
-STUDENT_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+STUDENT_RE = USERNAME_RE  # a student's folder is named by their hub user name
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}Z$")
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f %Z"

@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import re
 import secrets
 
@@ -195,7 +194,8 @@ class StaffPageCSP(web.OutputTransform):
 
 
 def _operators() -> frozenset[str]:
-    return frozenset(n for n in os.environ.get("LAB_OPERATORS", "").split(",") if n)
+    from hub.settings import current
+    return frozenset(current("formgrader").get("auth.admin_users"))
 
 
 def _guard_writes(handler_class) -> None:

@@ -40,31 +40,25 @@ from pathlib import Path
 
 from nbgrader.preprocessors import NbGraderPreprocessor
 
-COURSE_ROOT = Path(os.environ.get("LAB_COURSE_ROOT", "/srv/course"))
-COURSE_SRC = Path(os.environ.get("LAB_COURSE_SRC", "/srv/lab/course"))
-SANDBOX_URL = os.environ.get("LAB_SANDBOX_URL", "http://127.0.0.1:10104")
-SANDBOX_TOKEN_FILE = Path("/run/lab-sandbox/token")  # hub.services.sandbox writes it (root, grader group)
-
 log = logging.getLogger("grading")
 
 
+def settings():
+    """The lab's settings (lab.yaml and the LAB_* environment), as every lab process loads them."""
+    from .settings import current
+    return current("grading")
+
+
 def coursedir_root() -> Path:
-    return COURSE_ROOT / "nbgrader"
+    return settings().course_root / "nbgrader"
 
 
 def ledger_path(assignment: str) -> Path:
-    return COURSE_ROOT / "state" / "grading" / f"{assignment}.json"
+    return settings().course_root / "state" / "grading" / f"{assignment}.json"
 
 
 def gradebook_url() -> str:
-    url = os.environ.get("LAB_GRADEBOOK_URL") or f"sqlite:///{coursedir_root()}/gradebook.db"
-    if url.startswith("postgresql://"):
-        # SQLAlchemy 2.1 would pick psycopg 3 for a plain postgresql:// URL; the image has psycopg2.
-        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
-    if url.startswith("sqlite:") and "timeout=" not in url:
-        # Parallel workers write one SQLite file: wait for the lock rather than fail.
-        url += ("&" if "?" in url else "?") + "timeout=120"
-    return url
+    return settings().gradebook_url
 
 
 def lab_config():
@@ -74,12 +68,12 @@ def lab_config():
     from traitlets.config.loader import PyFileConfigLoader
 
     c = Config()
-    course_config = COURSE_SRC / "nbgrader_config.py"
+    course_config = settings().course_src / "nbgrader_config.py"
     if course_config.is_file():
         c.merge(PyFileConfigLoader(course_config.name, str(course_config.parent)).load_config())
     c.CourseDirectory.root = str(coursedir_root())
     c.CourseDirectory.db_url = gradebook_url()
-    c.LabExchange.root = str(COURSE_ROOT / "exchange")
+    c.LabExchange.root = str(settings().course_root / "exchange")
     c.ExchangeFactory.release_assignment = "hub.exchange.StaffReleaseAssignment"
     c.ExchangeFactory.collect = "hub.exchange.StaffCollect"
     c.ExchangeFactory.release_feedback = "hub.exchange.StaffReleaseFeedback"
@@ -97,6 +91,7 @@ def lab_config():
 # -- the sandboxed executor ---------------------------------------------------------------------
 
 REASONS: list[str] = []  # what the sandbox reported for the notebooks this process graded
+TIMINGS: list[dict] = []  # and where each notebook's time went (seconds)
 
 
 class SandboxExecute(NbGraderPreprocessor):
@@ -106,14 +101,16 @@ class SandboxExecute(NbGraderPreprocessor):
         import nbformat
         import requests
 
-        token = SANDBOX_TOKEN_FILE.read_text().strip()
+        token = settings().sandbox_token_file.read_text().strip()
         meta = resources.get("nbgrader", {})
         label = f"{meta.get('assignment', '?')}/{meta.get('student', '?')}/{meta.get('notebook', '?')}"
-        response = requests.post(f"{SANDBOX_URL}/run", json={"notebook": nb, "label": label},
+        started = time.monotonic()
+        response = requests.post(f"{settings().sandbox_url}/run", json={"notebook": nb, "label": label},
                                  headers={"Authorization": f"token {token}"}, timeout=3600)
         if response.status_code != 200:
             raise RuntimeError(f"the sandbox service answered {response.status_code}: {response.text[:300]}")
         data = response.json()
+        TIMINGS.append({**(data.get("timing") or {}), "request": round(time.monotonic() - started, 3)})
         if data.get("reason"):
             REASONS.append(f"{meta.get('notebook', '?')}: {data['reason']}")
         return nbformat.from_dict(data["notebook"]), resources
@@ -131,12 +128,12 @@ def api():
 
 def calendar():
     from .coursecal import load_calendar
-    return load_calendar(COURSE_SRC / "calendar.yaml")
+    return load_calendar(settings().course_src / "calendar.yaml")
 
 
 def store():
     from .exchange import ExchangeStore
-    return ExchangeStore(COURSE_ROOT / "exchange")
+    return ExchangeStore(settings().course_root / "exchange")
 
 
 def _check(result: dict, what: str) -> None:
@@ -169,7 +166,7 @@ def collect(assignment: str, before_due: bool = False) -> list[str]:
     if before_due:
         entry = calendar().get(assignment)
         if entry is not None:
-            before = entry.due + dt.timedelta(minutes=int(os.environ.get("LAB_GRACE_MINUTES", "0")))
+            before = entry.due + dt.timedelta(minutes=int(settings().get("grading.grace_minutes")))
     coursedir = CourseDirectory(config=lab_config())
     changed = collect_into(store(), coursedir, assignment, before=before, log=log)
     log.info("collected %s: %d new or updated submission(s)", assignment, len(changed))
@@ -216,15 +213,34 @@ def first_errors(assignment: str, student: str) -> str:
     return "; ".join(found)
 
 
+def breakdown(seconds: float, notebooks: list[dict]) -> dict:
+    """Where one submission's time went: nbgrader's own work (files, the gradebook), waiting for a
+    sandbox container, for its kernel, running the notebook, and the rest of the sandbox round trip."""
+    total = lambda key: sum(float(t.get(key) or 0.0) for t in notebooks)  # noqa: E731
+    sandbox = total("request")
+    parts = {"nbgrader": seconds - sandbox, "container_start": total("container_start"),
+             "kernel_start": total("kernel_wait"), "execute": total("execute")}
+    parts["sandbox_other"] = sandbox - parts["container_start"] - parts["kernel_start"] - parts["execute"]
+    return {k: round(max(0.0, v), 3) for k, v in parts.items()}
+
+
+def _start_worker(_: int) -> None:
+    """A worker's start: what every submission it grades then finds loaded."""
+    import nbgrader.apps  # noqa: F401
+    settings()
+
+
 def _grade_one(assignment: str, student: str) -> dict:
     """Worker: nbgrader autograde of one submission (its notebooks run in the sandbox)."""
     from nbgrader.api import Gradebook, MissingEntry
 
     REASONS.clear()
+    TIMINGS.clear()
     started = time.monotonic()
     result = api().autograde(assignment, student, force=True, create=True)
+    seconds = time.monotonic() - started
     entry = {"status": "graded" if result.get("success") else "failed", "reason": "; ".join(REASONS),
-             "seconds": round(time.monotonic() - started, 2), "score": None, "max_score": None}
+             "seconds": round(seconds, 2), "score": None, "max_score": None, "timing": breakdown(seconds, TIMINGS)}
     if not result.get("success"):
         text = (result.get("error") or result.get("log") or "").strip().splitlines()
         entry["reason"] = entry["reason"] or (text[-1] if text else "nbgrader autograde failed")
@@ -245,7 +261,7 @@ def autograde_all(assignment: str, workers: int = 0, force: bool = False, progre
     hold for the same submission; ``workers`` processes at once (0: one per core)."""
     from nbgrader.api import Gradebook
 
-    workers = workers or os.cpu_count() or 1
+    workers = workers or settings().grading_workers
     subs = submitted(assignment)
     ledger = read_ledger(assignment)
     todo = [s for s in sorted(subs) if force or ledger.get(s, {}).get("timestamp") != subs[s]
@@ -262,9 +278,14 @@ def autograde_all(assignment: str, workers: int = 0, force: bool = False, progre
         bar = tqdm(total=len(subs), initial=done_before, desc=f"autograde {assignment}", unit="submission",
                    file=sys.stderr, dynamic_ncols=True)
     failed = 0
+    worker_start = 0.0
     if todo:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
+            # Long-lived workers: each process starts once (Python, nbgrader) and grades many.
+            t = time.monotonic()
+            list(pool.map(_start_worker, range(min(workers, len(todo)))))
+            worker_start = round(time.monotonic() - t, 2)
             futures = {pool.submit(_grade_one, assignment, s): s for s in todo}
             for future in as_completed(futures):
                 student = futures[future]
@@ -295,7 +316,7 @@ def autograde_all(assignment: str, workers: int = 0, force: bool = False, progre
     if bar is not None:
         bar.close()
     return {"assignment": assignment, "submissions": len(subs), "graded_now": len(todo) - failed,
-            "already_graded": done_before, "failed": failed}
+            "already_graded": done_before, "failed": failed, "workers": workers, "worker_start": worker_start}
 
 
 def feedback(assignment: str) -> list[str]:
@@ -323,10 +344,9 @@ def deadline(assignment: str, auto_feedback: bool, workers: int) -> dict:
 
 
 def roster_people() -> dict:
-    path = Path(os.environ.get("ROSTER_FILE", "/srv/jupyterhub/roster.json"))
     try:
         from .roster import Roster
-        return Roster.from_json(path.read_text()).people
+        return Roster.from_json(settings().roster_file.read_text()).people
     except (OSError, ValueError, AttributeError):
         return {}
 
@@ -390,8 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before-due", action="store_true", help="only submissions up to the due time (plus grace)")
     p = sub.add_parser("autograde", help="autograde collected submissions in sandboxes, N at once")
     p.add_argument("assignment")
-    p.add_argument("--workers", type=int, default=int(os.environ.get("LAB_GRADING_WORKERS", "0")),
-                   help="parallel workers (default: grading.workers, 0 = one per core)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="parallel workers (default: lab.yaml's grading.workers, whose 0 means one per core)")
     p.add_argument("--force", action="store_true", help="grade again what the ledger says is done")
     p.add_argument("--collect", action="store_true", help="collect the latest submissions first")
     p = sub.add_parser("feedback", help="generate and release feedback")
@@ -399,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("deadline", help="collect on-time submissions, autograde, feedback (the calendar's job)")
     p.add_argument("assignment")
     p.add_argument("--no-feedback", action="store_true")
-    p.add_argument("--workers", type=int, default=int(os.environ.get("LAB_GRADING_WORKERS", "0")))
+    p.add_argument("--workers", type=int, default=0, help="parallel workers (default: grading.workers)")
     p = sub.add_parser("grades", help="the grades CSV: every student, every assignment, pass/not passed")
     p.add_argument("--out", help="write to this file (default: stdout)")
     args = parser.parse_args(argv)

@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import docker
 import nbformat
@@ -62,6 +62,7 @@ class Result:
     notebook: nbformat.NotebookNode
     reason: str
     seconds: float
+    timing: dict = field(default_factory=dict)  # seconds: container_start, kernel_wait, execute, sandbox
 
 
 def error_output(ename: str, evalue: str) -> nbformat.NotebookNode:
@@ -108,17 +109,14 @@ def parse_output(stdout: bytes, secret: str) -> dict | None:
     return data if isinstance(data, dict) and "notebook" in data else None
 
 
-def run_notebook(nb: nbformat.NotebookNode, image: str, limits: Limits, label: str = "",
-                 labels: dict | None = None, client: docker.DockerClient | None = None) -> Result:
-    """Execute ``nb`` in a sandbox; never raises for what the notebook does."""
+def start_sandbox(image: str, limits: Limits, labels: dict | None = None,
+                  client: docker.DockerClient | None = None):
+    """Create and start a sandbox container; its executor starts the kernel and waits for a
+    notebook on stdin (``run_in``)."""
     client = client or docker.from_env(timeout=120)
-    secret = secrets.token_hex(32)
-    payload = json.dumps({"notebook": nb, "cell_timeout": limits.cell_timeout, "limits": limits.describe(),
-                          "secret": secret}).encode("utf-8")
-    name = f"mlops-lab-sandbox-{uuid.uuid4().hex[:12]}"
-    started = time.monotonic()
     container = client.containers.create(
-        image, [EXEC], name=name, entrypoint=[], stdin_open=True, detach=False,  # detach=False: StdinOnce, so closing stdin ends it
+        image, [EXEC], name=f"mlops-lab-sandbox-{uuid.uuid4().hex[:12]}", entrypoint=[], stdin_open=True,
+        detach=False,  # detach=False: StdinOnce, so closing stdin after the notebook ends the input
         network_mode="none", read_only=True, user="1000:1000", working_dir="/home/jovyan",
         environment={"HOME": "/home/jovyan", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg"},
         tmpfs={"/tmp": f"size={limits.tmpfs},mode=1777", "/home/jovyan": f"size={limits.tmpfs},uid=1000,gid=1000"},
@@ -127,19 +125,39 @@ def run_notebook(nb: nbformat.NotebookNode, image: str, limits: Limits, label: s
         log_config=LogConfig(type="json-file", config={"max-size": "64m", "max-file": "1"}),
         labels={"mlops-lab.role": "autograde-sandbox", **(labels or {})},
     )
-    reason = ""
     try:
-        sender = threading.Thread(target=_send_stdin, args=(container, payload), daemon=True)
-        sender.start()
         container.start()
-        sender.join(30)
+    except Exception:
+        remove(container)
+        raise
+    return container
+
+
+def remove(container) -> None:
+    try:
+        container.remove(force=True)
+    except docker.errors.APIError:
+        pass
+
+
+def run_in(container, nb: nbformat.NotebookNode, limits: Limits, label: str = "") -> Result:
+    """Give ``nb`` to a started sandbox, wait for its result, remove the container. Never raises
+    for what the notebook does. The wall time counts from when the notebook is sent."""
+    secret = secrets.token_hex(32)
+    payload = json.dumps({"notebook": nb, "cell_timeout": limits.cell_timeout, "limits": limits.describe(),
+                          "secret": secret}).encode("utf-8")
+    started = time.monotonic()
+    reason = ""
+    data = None
+    try:
+        _send_stdin(container, payload)
+        sent = time.monotonic()
         try:
             status = container.wait(timeout=limits.wall_seconds)
         except Exception:  # requests' ReadTimeout: past the wall time
             container.kill()
             status = None
             reason = f"stopped after the {limits.wall_seconds} s wall-time limit ({limits.describe()})"
-        data = None
         code = (status or {}).get("StatusCode")
         if not reason:
             data = parse_output(container.logs(stdout=True, stderr=False), secret)
@@ -154,16 +172,117 @@ def run_notebook(nb: nbformat.NotebookNode, image: str, limits: Limits, label: s
             else:
                 tail = container.logs(stdout=False, stderr=True, tail=5).decode("utf-8", "replace").strip()
                 reason = f"the sandbox gave no result (exit {code}): {tail[-400:]}"
+    except docker.errors.DockerException as exc:
+        reason = reason or f"the sandbox could not be run: {exc}"[:400]
     finally:
-        try:
-            container.remove(force=True)
-        except docker.errors.APIError:
-            pass
+        remove(container)
     seconds = round(time.monotonic() - started, 3)
     if reason:
-        log.warning("sandbox %s: %s", label or name, reason)
+        log.warning("sandbox %s: %s", label or container.name, reason)
         return Result(failed(nb, reason), reason, seconds)
     out = nbformat.from_dict(data["notebook"])
     if data.get("reason"):
-        log.warning("sandbox %s: %s", label or name, data["reason"])
-    return Result(out, data.get("reason", ""), seconds)
+        log.warning("sandbox %s: %s", label or container.name, data["reason"])
+    reported = data.get("timing") if isinstance(data.get("timing"), dict) else {}
+    timing = {"sandbox": seconds}
+    try:  # what the executor says is only used for the breakdown, never for the result
+        timing["kernel_wait"] = round(max(0.0, float(reported["kernel_ready_at"]) - sent), 3)
+        timing["execute"] = round(float(reported["execute"]), 3)
+    except (KeyError, TypeError, ValueError):
+        pass
+    return Result(out, data.get("reason", ""), seconds, timing)
+
+
+def run_notebook(nb: nbformat.NotebookNode, image: str, limits: Limits, label: str = "",
+                 labels: dict | None = None, client: docker.DockerClient | None = None) -> Result:
+    """Execute ``nb`` in a sandbox started for it; never raises for what the notebook does."""
+    started = time.monotonic()
+    try:
+        container = start_sandbox(image, limits, labels, client)
+    except docker.errors.DockerException as exc:
+        reason = f"the sandbox could not be started: {exc}"[:400]
+        log.warning("sandbox %s: %s", label, reason)
+        return Result(failed(nb, reason), reason, round(time.monotonic() - started, 3))
+    waited = round(time.monotonic() - started, 3)
+    result = run_in(container, nb, limits, label)
+    result.timing["container_start"] = waited
+    return result
+
+
+class WarmPool:
+    """Sandboxes started ahead of need: ``take()`` hands out a started container (its kernel
+    already up, or coming up) and starts the next one in the background, so a notebook does not
+    wait for a container and a kernel to start. Each container still serves one notebook and is
+    removed after it. The pool fills on the first ``take()`` and empties after ``idle_seconds``
+    without one, so an idle lab holds no kernels."""
+
+    def __init__(self, image: str, limits: Limits, size: int, labels: dict | None = None,
+                 idle_seconds: float = 120.0):
+        self.image, self.limits, self.size, self.labels = image, limits, max(0, size), labels or {}
+        self.idle_seconds = idle_seconds
+        self._ready: list = []
+        self._starting = 0
+        self._lock = threading.Condition()
+        self._last_take = 0.0
+        self._closed = False
+        self._reaper = threading.Thread(target=self._reap, daemon=True, name="sandbox-pool-reaper")
+        self._reaper.start()
+
+    def take(self):
+        """A started sandbox: a warm one if there is one, else one started now."""
+        with self._lock:
+            self._last_take = time.monotonic()
+            container = self._ready.pop(0) if self._ready else None
+            self._fill_locked()
+        return container if container is not None else start_sandbox(self.image, self.limits, self.labels)
+
+    def run(self, nb: nbformat.NotebookNode, label: str = "") -> Result:
+        started = time.monotonic()
+        try:
+            container = self.take()
+        except docker.errors.DockerException as exc:
+            reason = f"the sandbox could not be started: {exc}"[:400]
+            log.warning("sandbox %s: %s", label, reason)
+            return Result(failed(nb, reason), reason, round(time.monotonic() - started, 3))
+        waited = round(time.monotonic() - started, 3)
+        result = run_in(container, nb, self.limits, label)
+        result.timing["container_start"] = waited
+        return result
+
+    def _fill_locked(self) -> None:
+        while not self._closed and len(self._ready) + self._starting < self.size:
+            self._starting += 1
+            threading.Thread(target=self._start_one, daemon=True, name="sandbox-pool-start").start()
+
+    def _start_one(self) -> None:
+        container = None
+        try:
+            container = start_sandbox(self.image, self.limits, self.labels)
+        except docker.errors.DockerException as exc:
+            log.warning("a warm sandbox could not be started: %s", exc)
+        with self._lock:
+            self._starting -= 1
+            if container is not None:
+                if self._closed:
+                    threading.Thread(target=remove, args=(container,), daemon=True).start()
+                else:
+                    self._ready.append(container)
+            self._lock.notify_all()
+
+    def _reap(self) -> None:
+        while True:
+            time.sleep(min(10.0, self.idle_seconds / 2))
+            with self._lock:
+                if self._closed:
+                    return
+                idle = time.monotonic() - self._last_take > self.idle_seconds
+                drop, self._ready = (self._ready, []) if idle else ([], self._ready)
+            for container in drop:
+                remove(container)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            drop, self._ready = self._ready, []
+        for container in drop:
+            remove(container)

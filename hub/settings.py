@@ -9,11 +9,19 @@ validator alone does not give: errors name the file, the line and the dotted key
 (``lab.yaml:12: spawner.mem_limit: '4 GB' is not a size like 512M or 4G``), unknown ``LAB_*``
 variables are refused by name, and every problem is reported at once, not one per restart.
 That is why this module is ours rather than a library's; the checking itself is ``jsonschema``.
+
+The settings tables in README.md are written from here: each key's "title" in ``SCHEMA`` with
+its default, and each variable's help text.
+
+    python -m hub.settings reference            rewrite the tables in README.md
+    python -m hub.settings reference --check    exit 1, showing the difference, if they are out of date
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import difflib
 import os
 import re
 import sys
@@ -28,6 +36,7 @@ import yaml
 DEFAULT_SETTINGS_FILE = "/srv/lab/lab.yaml"
 
 SIZE_RE = re.compile(r"^[0-9]+(\.[0-9]+)?[KMGT]$")
+# A hub user name: also a container, volume and exchange folder name (lower case, no escapes).
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 
 # Environment variables the hub reads. Each: (default, help). None = no default.
@@ -36,7 +45,9 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
         "mlops-lab",
         "Name of this lab instance: prefixes the Docker network, student containers and home volumes.",
     ),
-    "LAB_PUBLIC_URL": ("http://localhost:8000", "URL at which students' browsers reach the lab."),
+    "LAB_PUBLIC_URL": ("http://localhost:8000", "Where browsers reach the lab (login callback URLs are built from it): a "
+                       "host name at its root, since students' servers and the services are on its subdomains (see "
+                       "[Security model](#security-model))."),
     "LAB_COURSE_IMAGE": ("mlops-lab/course:latest", "The course image student servers run (pinned)."),
     "LAB_NETWORK": (None, "Docker network shared by the hub and student servers (default: LAB_INSTANCE)."),
     "LAB_HUB_CONNECT_URL": ("http://hub:8081", "URL at which student servers reach the hub's API."),
@@ -53,7 +64,8 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
         "Demo DTU login (CAS) as browsers reach it (demo mode only).",
     ),
     "LAB_IDP_HOST": ("idp", "Host name at which the hub reaches the demo providers (demo mode only)."),
-    "LAB_ADMIN_API_TOKEN": (None, "Secret: API token of the lab-admin service, for automation."),
+    "LAB_ADMIN_API_TOKEN": (None, "Secret: API token of the lab-admin service, for automation: manage users and "
+                            "servers, reach servers, import the roster (`make up` generates one)."),
     "LAB_DTU_CLIENT_SECRET": (None, "Secret: client secret of the hub's app registration in DTU's Entra ID."),
     "LAB_GITHUB_CLIENT_SECRET": (None, "Secret: client secret of the hub's GitHub OAuth app."),
     "LAB_GITHUB_API_TOKEN": (None, "Secret, optional: a GitHub token (no scopes needed) for looking up the roster's "
@@ -61,16 +73,45 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "LAB_GRADEBOOK_URL": (None, "Secret: a PostgreSQL URL (postgresql://user:password@host/db) for the nbgrader "
                           "gradebook; default: SQLite on the course-data volume (/srv/course/nbgrader/gradebook.db)."),
     "LAB_SETTINGS_FILE": (DEFAULT_SETTINGS_FILE, "Path of the operator settings file inside the hub."),
+    "LAB_COURSE_ROOT": ("/srv/course", "Where the course-data volume is mounted in the hub: nbgrader's course folder, "
+                        "the exchange, the grading state (bench/autograde.py points it at a scratch folder)."),
+    "LAB_COURSE_SRC": ("/srv/lab/course", "The course as the hub image ships it (calendar.yaml, nbgrader_config.py, "
+                       "source/), read-only."),
 }
+
+# Secrets: never given to a process that does not need them (Settings.process_environment).
+SECRET_VARS = ("LAB_ADMIN_API_TOKEN", "LAB_DTU_CLIENT_SECRET", "LAB_GITHUB_CLIENT_SECRET", "LAB_GITHUB_API_TOKEN",
+               "LAB_GRADEBOOK_URL")
 
 # Variables of earlier versions: ignored when empty, else refused with their new name.
 RENAMED_VARS = {"LAB_OIDC_CLIENT_SECRET": "LAB_DTU_CLIENT_SECRET (and lab.yaml auth.dtu.oidc)"}
 
-# Host-side variables that compose and the scripts read; the hub may see them and ignores them.
-HOST_ONLY_VARS = {
-    "LAB_HTTP_PORT", "LAB_HTTP_BIND", "LAB_IDP_PORT", "LAB_IDP_GITHUB_PORT", "LAB_IDP_CAS_PORT", "LAB_IMAGE_TAG", "LAB_TORCH_VARIANT", "LAB_WHEELHOUSE",
-    "LAB_EXTRA_CA_BUNDLE", "LAB_BASE_IMAGE", "LAB_TOOLS_DIR", "LAB_DOCKERD_LOG",
+# Host-side variables that compose and the scripts read, each (default, help); the hub may see
+# them and ignores them.
+HOST_VARS: dict[str, tuple[str | None, str]] = {
+    "LAB_HTTP_PORT": ("8000", "Host port of the lab."),
+    "LAB_HTTP_BIND": ("0.0.0.0", "Address the lab's port and the demo providers' ports are published on "
+                      "(`127.0.0.1` behind a TLS proxy on the host)."),
+    "LAB_IDP_PORT": ("9400", "Host port of the demo DTU login (OpenID Connect) (demo mode only)."),
+    "LAB_IDP_GITHUB_PORT": ("9401", "Host port of the demo GitHub (demo mode only)."),
+    "LAB_IDP_CAS_PORT": ("9402", "Host port of the demo DTU login (CAS) (demo mode only)."),
+    "LAB_IMAGE_TAG": (None, "Tag of the hub, idp and course images; empty: the `VERSION` file."),
+    "LAB_TORCH_VARIANT": ("auto", "Torch build in the course image: `cuda` (PyPI's default build, for GPU hosts), "
+                          "`cpu`, or `auto` (`cuda` where `nvidia-smi` sees a GPU)."),
+    "LAB_WHEELHOUSE": (None, "A folder of wheels for pip `--find-links` (offline and CPU builds); empty: "
+                       "`/opt/wheels` if present; `none`: none."),
+    "LAB_EXTRA_CA_BUNDLE": (None, "A PEM bundle trusted in builds and images (TLS-intercepting proxies); empty: "
+                            "the host's `/etc/ssl/certs/ca-certificates.crt`; `none`: none."),
+    "LAB_BASE_IMAGE": ("debian:bookworm-slim", "The Debian image the lab's images are built from "
+                       "(scripts/bootstrap.sh pulls or builds it)."),
+    "LAB_TOOLS_DIR": ("/opt/mlops-lab-tools", "Where scripts/bootstrap.sh installs Docker Compose when "
+                      "`docker compose` is missing."),
+    "LAB_SETTINGS_HOST_FILE": ("./lab.yaml", "The settings file on the host that docker-compose.yml mounts into "
+                               "the hub, egress and netguard."),
+    "LAB_DOCKERD_LOG": ("/var/log/mlops-lab-dockerd.log", "Log of the Docker engine scripts/bootstrap.sh starts "
+                        "when none answers."),
 }
+HOST_ONLY_VARS = set(HOST_VARS)
 
 DEFAULTS: dict[str, Any] = {
     "hub": {
@@ -162,6 +203,7 @@ DEFAULTS: dict[str, Any] = {
         "auto_grade": True,
         "auto_feedback": True,
         "workers": 0,
+        "warm_sandboxes": None,
         "cpus": 1.0,
         "mem_limit": "1G",
         "pids_limit": 128,
@@ -194,49 +236,72 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"]},
+                "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"],
+                              "title": "the hub's log level: `DEBUG`, `INFO`, `WARNING` or `ERROR`"},
                 "db_url": {"type": "string", "pattern": r"^sqlite:///",
-                           "description": "an SQLite URL (sqlite:////path); the hub image has no other database driver"},
-                "concurrent_spawn_limit": {"type": "integer", "minimum": 0},
-                "active_server_limit": {"type": "integer", "minimum": 0},
+                           "description": "an SQLite URL (sqlite:////path); the hub image has no other database driver",
+                           "title": "hub database, SQLite on the `hub-state` volume (the hub image has no other "
+                                    "database driver yet)"},
+                "concurrent_spawn_limit": {"type": "integer", "minimum": 0,
+                                           "title": "servers starting at once (0: no limit)"},
+                "active_server_limit": {"type": "integer", "minimum": 0,
+                                        "title": "servers running at once (0: no limit)"},
             },
         },
         "auth": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "demo": {"type": "boolean"},
-                "admin_users": _user_list,
-                "contact": {"type": "string", "minLength": 1},
-                "id_pattern": {"type": "string", "minLength": 1},
+                "demo": {"type": "boolean",
+                         "title": "the bundled demo providers and demo roster; `false` for real students"},
+                "admin_users": {**_user_list, "title": "operator accounts (DTU ids): hub admins, let in without "
+                                                      "being on the roster"},
+                "contact": {"type": "string", "minLength": 1,
+                            "title": "who people should ask, named on the refusal pages"},
+                "id_pattern": {"type": "string", "minLength": 1,
+                               "title": "what a DTU id looks like (student number or staff initials)"},
                 "id_domains": {"type": "array", "items": {"type": "string", "pattern": r"^[a-z0-9.-]+$",
-                                                          "description": "a domain like dtu.dk"}},
+                                                          "description": "a domain like dtu.dk"},
+                               "title": "domains accepted after an id (`s123456@dtu.dk`)"},
                 "dtu": {
                     "type": "object",
                     "additionalProperties": False,
                     "properties": {
-                        "enabled": {"type": "boolean"},
-                        "protocol": {"enum": ["oidc", "cas"]},
+                        "enabled": {"type": "boolean", "title": "DTU login"},
+                        "protocol": {"enum": ["oidc", "cas"],
+                                     "title": "DTU login by `oidc` (Entra ID) or `cas` (auth.dtu.dk)"},
                         "oidc": {
                             "type": "object",
                             "additionalProperties": False,
                             "properties": {
                                 "tenant_id": {"type": "string", "pattern": r"^[A-Za-z0-9.-]*$",
-                                              "description": "an Entra tenant id (a GUID) or domain"},
-                                "client_id": {"type": "string"},
-                                "authorize_url": _url,
-                                "token_url": _url,
-                                "issuer": {"type": "string", "description": "the ID token's iss claim"},
-                                "username_claim": {"type": "string", "minLength": 1},
-                                "scope": {"type": "array", "items": {"type": "string"}},
+                                              "description": "an Entra tenant id (a GUID) or domain",
+                                              "title": "DTU's Entra tenant: its id (a GUID) or a domain name"},
+                                "client_id": {"type": "string",
+                                              "title": "the hub's app registration in DTU's Entra ID"},
+                                "authorize_url": {**_url,
+                                                  "title": "Entra's authorization endpoint (empty: from the tenant; "
+                                                           "set to use another OIDC provider)"},
+                                "token_url": {**_url,
+                                              "title": "Entra's token endpoint (empty: from the tenant; set to use "
+                                                       "another OIDC provider)"},
+                                "issuer": {"type": "string", "description": "the ID token's iss claim",
+                                           "title": "the ID token's `iss` (empty: from the tenant id); the hub also "
+                                                    "checks `aud` and, for Entra, `tid` (required when `tenant_id` "
+                                                    "is a domain name)"},
+                                "username_claim": {"type": "string", "minLength": 1,
+                                                   "title": "the ID-token claim holding the DTU id"},
+                                "scope": {"type": "array", "items": {"type": "string"},
+                                          "title": "the scopes the hub asks for"},
                             },
                         },
                         "cas": {
                             "type": "object",
                             "additionalProperties": False,
                             "properties": {
-                                "server_url": _url,
-                                "validate_url": _url,
+                                "server_url": {**_url, "title": "the CAS server for browsers"},
+                                "validate_url": {**_url, "title": "the CAS server for the hub, if different "
+                                                                  "(empty: `server_url`)"},
                             },
                         },
                     },
@@ -245,11 +310,11 @@ SCHEMA: dict[str, Any] = {
                     "type": "object",
                     "additionalProperties": False,
                     "properties": {
-                        "enabled": {"type": "boolean"},
-                        "client_id": {"type": "string"},
-                        "url": _url,
-                        "api_url": _url,
-                        "token_url": _url,
+                        "enabled": {"type": "boolean", "title": "GitHub login"},
+                        "client_id": {"type": "string", "title": "the hub's GitHub OAuth app"},
+                        "url": {**_url, "title": "GitHub or GitHub Enterprise"},
+                        "api_url": {**_url, "title": "GitHub's REST API (empty: GitHub's default)"},
+                        "token_url": {**_url, "title": "GitHub's token endpoint (empty: GitHub's default)"},
                     },
                 },
             },
@@ -258,21 +323,24 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "mem_limit": _size,
-                "cpu_limit": {"type": "number", "exclusiveMinimum": 0},
-                "pids_limit": {"type": "integer", "minimum": 64},
-                "shm_size": _size,
-                "start_timeout": {"type": "integer", "minimum": 10},
-                "http_timeout": {"type": "integer", "minimum": 10},
+                "mem_limit": {**_size, "title": "memory per student server"},
+                "cpu_limit": {"type": "number", "exclusiveMinimum": 0, "title": "CPU cores per student server"},
+                "pids_limit": {"type": "integer", "minimum": 64, "title": "processes per student server"},
+                "shm_size": {**_size,
+                             "title": "`/dev/shm` size (PyTorch DataLoader workers need more than Docker's 64M)"},
+                "start_timeout": {"type": "integer", "minimum": 10, "title": "seconds for a container to start"},
+                "http_timeout": {"type": "integer", "minimum": 10, "title": "seconds for its server to answer"},
                 "home_volume": {
                     "type": "string",
                     "pattern": r"\{username\}",
                     "description": "a volume name template containing {username}",
+                    "title": "name of each student's home volume",
                 },
                 "environment": {
                     "type": "object",
                     "propertyNames": {"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
                     "additionalProperties": {"type": "string"},
+                    "title": "extra environment variables for student servers",
                 },
             },
         },
@@ -280,10 +348,11 @@ SCHEMA: dict[str, Any] = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "enabled": {"type": "boolean"},
-                "timeout": {"type": "integer", "minimum": 10},
-                "every": {"type": "integer", "minimum": 5},
-                "max_age": {"type": "integer", "minimum": 0},
+                "enabled": {"type": "boolean", "title": "stop idle servers (jupyterhub-idle-culler); homes are kept"},
+                "timeout": {"type": "integer", "minimum": 10,
+                            "title": "seconds of inactivity before a server is stopped"},
+                "every": {"type": "integer", "minimum": 5, "title": "seconds between checks"},
+                "max_age": {"type": "integer", "minimum": 0, "title": "stop any server older than this (0: never)"},
             },
         },
         "profiles": {
@@ -293,9 +362,12 @@ SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
-                    "display_name": {"type": "string", "minLength": 1},
-                    "description": {"type": "string"},
-                    "gpu": {"enum": ["none", "shared", "whole"]},
+                    "display_name": {"type": "string", "minLength": 1,
+                                     "title": "what the spawn form shows (required)"},
+                    "description": {"type": "string", "title": "what the spawn form shows under the name"},
+                    "gpu": {"enum": ["none", "shared", "whole"],
+                            "title": "`none`, `shared` (a shared device or a MIG slice) or `whole` (an exclusive "
+                                     "device); unset: `none`"},
                     "access": {
                         "oneOf": [
                             {"enum": ["all", "admins"]},
@@ -303,42 +375,59 @@ SCHEMA: dict[str, Any] = {
                                 "type": "string", "pattern": r"^(group:)?[a-z0-9][a-z0-9._-]{0,63}$",
                                 "description": "a user name or group:NAME"}},
                         ],
+                        "title": "`all`, `admins`, or a list of user names and `group:NAME` (hub admins may use "
+                                 "every profile); unset: `all`",
                     },
-                    "default": {"type": "boolean"},
-                    "enabled": {"type": "boolean"},
-                    "mem_limit": _size,
-                    "cpu_limit": {"type": "number", "exclusiveMinimum": 0},
-                    "idle_timeout": {"type": "integer", "minimum": 10},
+                    "default": {"type": "boolean", "title": "the preselected profile, used when none is asked for"},
+                    "enabled": {"type": "boolean", "title": "`false` turns the profile off"},
+                    "mem_limit": {**_size, "title": "the profile's memory limit (unset: `spawner.mem_limit`)"},
+                    "cpu_limit": {"type": "number", "exclusiveMinimum": 0,
+                                  "title": "the profile's CPU cores (unset: `spawner.cpu_limit`)"},
+                    "idle_timeout": {"type": "integer", "minimum": 10,
+                                     "title": "the profile's own idle culling, in seconds (unset: only the culler's)"},
                 },
+                "title": "server profiles, keyed by name (lower-case letters, digits, `-`); the spawn form offers "
+                         "those a person may use",
             },
         },
         "grading": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "calendar": {"type": "boolean"},
-                "grace_minutes": {"type": "integer", "minimum": 0},
-                "auto_grade": {"type": "boolean"},
-                "auto_feedback": {"type": "boolean"},
-                "workers": {"type": "integer", "minimum": 0, "maximum": 256},
-                "cpus": {"type": "number", "exclusiveMinimum": 0},
-                "mem_limit": _size,
-                "pids_limit": {"type": "integer", "minimum": 32},
-                "wall_seconds": {"type": "integer", "minimum": 30},
-                "cell_timeout": {"type": "integer", "minimum": 5},
-                "test_clock": {"type": "boolean"},
+                "calendar": {"type": "boolean",
+                             "title": "release and grade on the calendar's times (`false`: only by hand)"},
+                "grace_minutes": {"type": "integer", "minimum": 0,
+                                  "title": "minutes after the due time before collecting"},
+                "auto_grade": {"type": "boolean", "title": "autograde after the due time"},
+                "auto_feedback": {"type": "boolean", "title": "release feedback when grading is done"},
+                "workers": {"type": "integer", "minimum": 0, "maximum": 256,
+                            "title": "autograde workers (0: one per core)"},
+                "warm_sandboxes": {"type": ["integer", "null"], "minimum": 0, "maximum": 256,
+                                   "title": "sandbox containers started ahead of need, kernel up, each for one "
+                                            "notebook (null: as many as workers; 0: none)"},
+                "cpus": {"type": "number", "exclusiveMinimum": 0, "title": "each sandbox's CPU cores"},
+                "mem_limit": {**_size, "title": "each sandbox's memory"},
+                "pids_limit": {"type": "integer", "minimum": 32, "title": "each sandbox's processes"},
+                "wall_seconds": {"type": "integer", "minimum": 30, "title": "a sandbox's wall time, in seconds"},
+                "cell_timeout": {"type": "integer", "minimum": 5, "title": "one cell's time, in seconds"},
+                "test_clock": {"type": "boolean",
+                               "title": "let instructors move the course clock (`PUT /services/course/api/clock`); "
+                                        "for tests only"},
             },
         },
         "network": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "isolate": {"type": "boolean"},
+                "isolate": {"type": "boolean",
+                            "title": "firewall student servers (netguard) and send their traffic through "
+                                     "the egress proxy"},
                 "allowed_hosts": {
                     "type": "array",
                     "uniqueItems": True,
                     "items": {"type": "string", "pattern": r"^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+$",
                               "description": "a host name like pypi.org or *.example.org"},
+                    "title": "hosts student servers may reach through the egress proxy (`*.example.org` allowed)",
                 },
             },
         },
@@ -354,11 +443,17 @@ SCHEMA: dict[str, Any] = {
                         "required": ["id", "mode"],
                         "properties": {
                             "id": {"type": "string", "pattern": r"^([0-9]+|GPU-[0-9a-fA-F-]+|MIG-[0-9a-zA-Z/-]+)$",
-                                   "description": "a GPU index, a GPU-... UUID or a MIG-... UUID"},
-                            "mode": {"enum": ["exclusive", "shared", "mig"]},
-                            "max_users": {"type": "integer", "minimum": 1, "maximum": 64},
+                                   "description": "a GPU index, a GPU-... UUID or a MIG-... UUID",
+                                   "title": "a GPU index, a `GPU-...` UUID or a `MIG-...` UUID"},
+                            "mode": {"enum": ["exclusive", "shared", "mig"],
+                                     "title": "`exclusive` (one student), `shared` (time-sliced by up to `max_users` "
+                                              "students) or `mig` (a MIG slice, one student)"},
+                            "max_users": {"type": "integer", "minimum": 1, "maximum": 64,
+                                          "title": "students sharing a `shared` device (unset: 1)"},
                         },
                     },
+                    "title": "the host's GPUs, as `nvidia-smi -L` lists them: `{id, mode: exclusive | shared | mig, "
+                             "max_users}` per device",
                 },
             },
         },
@@ -405,6 +500,47 @@ class Settings:
     @property
     def home_volume_template(self) -> str:
         return self.get("spawner.home_volume").replace("{instance}", self.instance)
+
+    # -- fixed places in the hub container, named once --------------------------------------
+    state_dir = Path("/srv/jupyterhub")  # the hub's own volume
+    roster_file = state_dir / "roster.json"
+    gpu_state = state_dir / "gpu-allocations.sqlite"
+    demo_roster = Path(__file__).with_name("demo-roster.csv")
+    sandbox_url = "http://127.0.0.1:10104"  # the sandbox runner: loopback only, never proxied
+    sandbox_token_file = Path("/run/lab-sandbox/token")
+
+    @property
+    def course_root(self) -> Path:
+        return Path(self.env["LAB_COURSE_ROOT"] or "/srv/course")
+
+    @property
+    def course_src(self) -> Path:
+        return Path(self.env["LAB_COURSE_SRC"] or "/srv/lab/course")
+
+    @property
+    def gradebook_url(self) -> str:
+        """nbgrader's gradebook: LAB_GRADEBOOK_URL (PostgreSQL), else SQLite on the course volume."""
+        url = self.env["LAB_GRADEBOOK_URL"] or f"sqlite:///{self.course_root}/nbgrader/gradebook.db"
+        if url.startswith("postgresql://"):
+            # SQLAlchemy 2.1 would pick psycopg 3 for a plain postgresql:// URL; the image has psycopg2.
+            url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+        if url.startswith("sqlite:") and "timeout=" not in url:
+            # Parallel workers write one SQLite file: wait for the lock rather than fail.
+            url += ("&" if "?" in url else "?") + "timeout=120"
+        return url
+
+    @property
+    def grading_workers(self) -> int:
+        return int(self.get("grading.workers")) or os.cpu_count() or 1
+
+    def process_environment(self, *secrets: str) -> dict[str, str]:
+        """The environment a lab process needs to load these same settings: every LAB_* variable
+        that is set, without the secrets except those named."""
+        unknown = set(secrets) - set(SECRET_VARS)
+        if unknown:
+            raise ValueError(f"not secrets: {sorted(unknown)}")
+        return {name: value for name, value in self.env.items()
+                if value is not None and (name not in SECRET_VARS or name in secrets)} | {"LAB_SETTINGS_FILE": self.source}
 
 
 def _line_index(node: yaml.Node, path: tuple[str, ...] = (), out: dict | None = None) -> dict:
@@ -516,6 +652,10 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str]
         except UnicodeDecodeError as e:
             problems.append(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})")
             text = ""
+        except OSError as e:
+            problems.append(f"{name}: cannot be read ({e.strerror}); the lab's services read it as their own "
+                            "users (the course service as 'grader'): make it readable by all (chmod 644)")
+            text = ""
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
             loaded = yaml.safe_load(text)
@@ -611,6 +751,16 @@ def _check_consistency(settings: Settings, lines: dict, name: str, problems: lis
         problems.append(f"{where('culler', 'max_age')}: culler.max_age: must be 0 (off) or at least culler.every")
 
 
+_CURRENT: dict[bool, Settings] = {}
+
+
+def current(who: str, secrets: bool = False) -> Settings:
+    """This process's settings, loaded once (the services, the grading CLI and its workers)."""
+    if secrets not in _CURRENT:
+        _CURRENT[secrets] = load_settings_or_exit(who, secrets=secrets)
+    return _CURRENT[secrets]
+
+
 def load_settings_or_exit(who: str, environ: dict[str, str] | None = None, secrets: bool = True) -> Settings:
     """For the lab's processes (hub, egress, netguard): the settings, or every problem printed
     under ``[who]`` and exit status 2, so a bad lab.yaml stops them with a readable message."""
@@ -619,3 +769,119 @@ def load_settings_or_exit(who: str, environ: dict[str, str] | None = None, secre
     except SettingsError as error:
         print(f"[{who}] {error}", file=sys.stderr)
         sys.exit(2)
+
+
+# -- the settings tables in README.md ---------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+REFERENCE_BEGIN = "<!-- settings-reference: begin (python -m hub.settings reference) -->"
+REFERENCE_END = "<!-- settings-reference: end -->"
+# Variables that docker-compose.yml or the lab itself sets; an operator does not put them in .env.
+INTERNAL_VARS = ("LAB_COURSE_IMAGE", "LAB_NETWORK", "LAB_HUB_CONNECT_URL", "LAB_IDP_HOST", "LAB_SETTINGS_FILE",
+                 "LAB_COURSE_ROOT", "LAB_COURSE_SRC")
+
+
+def _flow(value: Any) -> str:
+    """A value as YAML flow style writes it: [a, b], {k: v}, true, null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _shown(value: Any) -> str:
+    return "empty" if value == "" else f"`{_flow(value)}`"
+
+
+def _schema_rows(schema: dict, path: tuple[str, ...] = (), required: bool = False):
+    """(key path, schema, required) for each key with a title, in the schema's order. ``<name>``
+    stands for a profile's name, ``<n>`` for a list item's index."""
+    children = [(k, sub, k in schema.get("required", ())) for k, sub in schema.get("properties", {}).items()]
+    extra, items = schema.get("additionalProperties"), schema.get("items")
+    if isinstance(extra, dict) and "properties" in extra:
+        children.append(("<name>", extra, False))
+    if isinstance(items, dict) and "properties" in items:
+        children.append(("<n>", items, False))
+    if "title" in schema:
+        yield path, schema, required
+    elif path and not children:
+        raise ValueError(f"settings schema: {'.'.join(path)} has no title")
+    for key, sub, req in children:
+        yield from _schema_rows(sub, path + (key,), req)
+
+
+def _default_cell(path: tuple[str, ...], required: bool) -> str:
+    node: Any = DEFAULTS
+    for i, part in enumerate(path):
+        if part == "<n>":  # list items have no defaults
+            return "required" if required else "unset"
+        if part == "<name>":  # the bundled profiles' values
+            if i + 1 == len(path):
+                return ", ".join(f"`{name}`" for name in node)
+            (key,) = path[i + 1:]
+            return ", ".join(f"`{name}`: {_shown(p[key])}" for name, p in node.items() if key in p) or "unset"
+        node = node[part]
+    return _shown(node)
+
+
+def _row(*cells: str) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
+def reference_markdown() -> str:
+    """README.md's settings tables: the keys of lab.yaml, the variables of .env, and the variables
+    that docker-compose.yml or the lab sets."""
+    lines = ["| `lab.yaml` key | default | meaning |", "|---|---|---|"]
+    for path, schema, required in _schema_rows(SCHEMA):
+        lines.append(_row(f"`{'.'.join(path)}`", _default_cell(path, required), schema["title"]))
+    env = {name: v for name, v in ENV_VARS.items() if name not in INTERNAL_VARS} | HOST_VARS
+    lines += ["", "| `.env` variable | default | meaning |", "|---|---|---|"]
+    lines += [_row(f"`{name}`", "empty" if d is None else _shown(d), text) for name, (d, text) in env.items()]
+    lines += ["", "| set by `docker-compose.yml` or the lab | default | meaning |", "|---|---|---|"]
+    for name in INTERNAL_VARS:
+        d, text = ENV_VARS[name]
+        lines.append(_row(f"`{name}`", "empty" if d is None else _shown(d), text))
+    return "\n".join(lines) + "\n"
+
+
+def with_reference(text: str) -> str:
+    """README.md's text with the part between the markers replaced by reference_markdown()."""
+    if REFERENCE_BEGIN not in text or REFERENCE_END not in text:
+        raise ValueError(f"no settings tables (the lines {REFERENCE_BEGIN} and {REFERENCE_END})")
+    before, rest = text.split(REFERENCE_BEGIN, 1)
+    after = rest.split(REFERENCE_END, 1)[1]
+    return f"{before}{REFERENCE_BEGIN}\n\n{reference_markdown()}\n{REFERENCE_END}{after}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m hub.settings", description="The lab's operator settings.")
+    commands = p.add_subparsers(dest="command", required=True)
+    ref = commands.add_parser("reference", help="write the settings tables in README.md")
+    ref.add_argument("--check", action="store_true", help="only report whether README.md is out of date")
+    ref.add_argument("--readme", type=Path, default=README, help="the README (default: %(default)s)")
+    args = p.parse_args(argv)
+    text = args.readme.read_text(encoding="utf-8")
+    try:
+        new = with_reference(text)
+    except ValueError as e:
+        print(f"error: {args.readme}: {e}", file=sys.stderr)
+        return 1
+    if new == text:
+        return 0
+    if args.check:
+        print(f"out of date: {args.readme} (run python -m hub.settings reference)")
+        sys.stdout.writelines(difflib.unified_diff(text.splitlines(keepends=True), new.splitlines(keepends=True),
+                                                   str(args.readme), "python -m hub.settings reference", n=0))
+        return 1
+    args.readme.write_text(new, encoding="utf-8")
+    print(f"written: {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import html
-import re
 import time
 
 import docker
@@ -26,10 +25,11 @@ from traitlets import Bool, Dict, Int, List, Unicode, default
 
 from .gpu import Allocator, Device, NoDeviceConfigured, NoDeviceFree
 from .profiles import Profile, render_form
+from .settings import USERNAME_RE, Settings
 
 LOG_TAIL_LINES = 15
 # The hub's username pattern (see hub.config); such names are already valid Docker names.
-DOCKER_SAFE_USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+DOCKER_SAFE_USERNAME = USERNAME_RE
 
 
 def docker_name(username: str) -> str:
@@ -118,7 +118,7 @@ class CourseSpawner(DockerSpawner):
     )
 
     gpu_state_path = Unicode(
-        "/srv/jupyterhub/gpu-allocations.sqlite",
+        str(Settings.gpu_state),
         config=True,
         help="SQLite file of GPU allocations and usage (on the hub's state volume).",
     )

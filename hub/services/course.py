@@ -65,11 +65,15 @@ class Course:
     """State shared by the handlers: paths, calendar, clock, store, jobs."""
 
     def __init__(self):
-        self.root = grading.COURSE_ROOT
-        self.src = grading.COURSE_SRC
-        self.settings = json.loads(os.environ.get("LAB_GRADING", "{}"))
-        self.course_id = os.environ.get("LAB_COURSE_ID", "mlops-02476")
-        self.operators = {n for n in os.environ.get("LAB_OPERATORS", "").split(",") if n}
+        from hub.config import service_url
+
+        lab = grading.settings()
+        self.root = lab.course_root
+        self.src = lab.course_src
+        self.settings = dict(lab.get("grading"))
+        self.course_id = grading.lab_config().CourseDirectory.course_id
+        self.operators = set(lab.get("auth.admin_users"))
+        self.formgrader_url = service_url(lab, "formgrader")
         self.calendar: Calendar = load_calendar(self.src / "calendar.yaml", self.src / "source")
         self.store = ExchangeStore(self.root / "exchange")
         self.state_dir = self.root / "state"
@@ -79,7 +83,7 @@ class Course:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.wake = asyncio.Event()
         self.limits = limits_from(self.settings)
-        self.workers = int(self.settings.get("workers", 0)) or os.cpu_count() or 1
+        self.workers = lab.grading_workers
         # Unpacking uploads: a few at a time, off the event loop.
         self.uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="upload")
 
@@ -180,13 +184,11 @@ class Course:
                                                     job["state"])
 
     def grader_env(self) -> dict:
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.state_dir / "home"),
-               "LANG": "C.UTF-8", "LAB_COURSE_ROOT": str(self.root), "LAB_COURSE_SRC": str(self.src),
-               "LAB_GRADING_WORKERS": str(self.workers),
-               "LAB_GRACE_MINUTES": str(self.settings.get("grace_minutes", 0)), "PYTHONUNBUFFERED": "1"}
-        if os.environ.get("LAB_GRADEBOOK_URL"):
-            env["LAB_GRADEBOOK_URL"] = os.environ["LAB_GRADEBOOK_URL"]
-        return env
+        """The grading CLI's environment: this service's own settings variables (the CLI loads the
+        same settings), and nothing else of this process."""
+        env = {name: value for name, value in os.environ.items() if name.startswith("LAB_")}
+        return {**env, "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.state_dir / "home"),
+                "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
 
     async def run_as_grader(self, args: list[str]) -> tuple[int, str]:
         """``python -m hub.grading ARGS``, as this service's own user (the grader)."""
@@ -487,7 +489,7 @@ figure{{margin:0}} figcaption{{font-size:12px;color:#444}} section{{border-top:1
 </head><body><h1>Course dashboard: {html.escape(self.course.course_id)}</h1>
 <p>Course time: {html.escape(self.course.clock.now().astimezone(ZoneInfo(self.course.calendar.timezone)).strftime("%Y-%m-%d %H:%M %Z"))}.
 You are {html.escape(self.current_user["name"])} ({role}).
-<a href="{html.escape(os.environ.get("LAB_FORMGRADER_URL", "/services/formgrader/"))}formgrader">Formgrader</a> ·
+<a href="{html.escape(self.course.formgrader_url)}formgrader">Formgrader</a> ·
 <a href="{url_path_join(prefix, 'api/grades.csv')}">Grades (CSV)</a></p>
 {''.join(out)}</body></html>"""
         self.finish(page)

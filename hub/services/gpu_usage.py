@@ -72,7 +72,8 @@ def make_app(prefix: str, state_path: str) -> web.Application:
 def main() -> None:
     prefix = os.environ["JUPYTERHUB_SERVICE_PREFIX"]
     url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
-    app = make_app(prefix, os.environ.get("LAB_GPU_STATE", "/srv/jupyterhub/gpu-allocations.sqlite"))
+    from hub.settings import current
+    app = make_app(prefix, str(current("gpu-usage").gpu_state))
     app.listen(url.port, url.hostname)
     loop = ioloop.IOLoop.current()
     for sig in (signal.SIGTERM, signal.SIGINT):  # the hub stops its services with these

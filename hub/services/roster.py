@@ -33,7 +33,7 @@ from jupyterhub.utils import url_path_join
 from tornado import httpclient, ioloop, web
 
 from hub.services.base import ServiceHandler
-from hub.roster import (DEFAULT_ID_DOMAINS, DEFAULT_ID_PATTERN, ROLE_GROUPS, Roster, RosterError, RosterStore, diff,
+from hub.roster import (ROLE_GROUPS, Roster, RosterError, RosterStore, diff,
                         parse_roster)
 
 log = logging.getLogger("roster")
@@ -277,13 +277,16 @@ class RosterHandler(BaseAPIHandler):
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[roster %(levelname)s %(asctime)s] %(message)s")
     prefix = os.environ["JUPYTERHUB_SERVICE_PREFIX"]
-    store = RosterStore(os.environ.get("ROSTER_FILE", "/srv/jupyterhub/roster.json"))
-    operators = {n for n in os.environ.get("ROSTER_OPERATORS", "").split(",") if n}
-    syncer = Syncer(HubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"]), operators)
-    domains = tuple(d for d in os.environ.get("ROSTER_ID_DOMAINS", ",".join(DEFAULT_ID_DOMAINS)).split(",") if d)
-    api = os.environ.get("ROSTER_GITHUB_API", "")
-    github = GitHubIds(api, os.environ.get("ROSTER_GITHUB_TOKEN", "")) if api else None
-    service = RosterService(store, syncer, os.environ.get("ROSTER_ID_PATTERN", DEFAULT_ID_PATTERN), domains, github)
+    from hub.config import github_api
+    from hub.settings import current
+
+    lab = current("roster")
+    store = RosterStore(str(lab.roster_file))
+    syncer = Syncer(HubAPI(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"]),
+                    set(lab.get("auth.admin_users")))
+    api = github_api(lab)
+    github = GitHubIds(api, lab.env["LAB_GITHUB_API_TOKEN"] or "") if api else None
+    service = RosterService(store, syncer, lab.get("auth.id_pattern"), tuple(lab.get("auth.id_domains")), github)
     app = web.Application([
         (url_path_join(prefix, "api/import"), ImportHandler, {"service": service}),
         (url_path_join(prefix, "api/sync"), SyncHandler, {"service": service}),
@@ -294,7 +297,7 @@ def main() -> None:
     app.listen(url.port, url.hostname, max_body_size=16 * 1024 * 1024)
     loop = ioloop.IOLoop.current()
     signal.signal(signal.SIGTERM, lambda *_: loop.add_callback_from_signal(loop.stop))
-    loop.add_callback(service.startup, os.environ.get("ROSTER_DEMO_FILE", ""))
+    loop.add_callback(service.startup, str(lab.demo_roster) if lab.demo else "")
     loop.start()
 
 

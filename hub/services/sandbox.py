@@ -34,7 +34,8 @@ from pathlib import Path
 
 from tornado import ioloop, web
 
-from hub.sandbox import Limits, run_notebook
+from hub.sandbox import Limits, WarmPool, remove
+from hub.settings import current
 
 log = logging.getLogger("sandbox")
 
@@ -102,20 +103,36 @@ class RunHandler(web.RequestHandler):
         label = str(request.get("label", ""))[:200]
         result = await ioloop.IOLoop.current().run_in_executor(self.runner.pool, self.runner.run, nb, label)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"notebook": result.notebook, "reason": result.reason, "seconds": result.seconds}))
+        self.finish(json.dumps({"notebook": result.notebook, "reason": result.reason, "seconds": result.seconds,
+                                "timing": result.timing}))
 
 
 class Runner:
-    def __init__(self, image: str, limits: Limits, workers: int, instance: str):
+    def __init__(self, image: str, limits: Limits, workers: int, instance: str, warm: int | None = None):
         self.image = image
         self.limits = limits
         self.instance = instance
         self.token = secrets.token_hex(32)
         self.pool = ThreadPoolExecutor(max_workers=max(workers, 2), thread_name_prefix="sandbox")
+        # As many sandboxes started ahead of need as notebooks are graded at once.
+        self.warm = WarmPool(image, limits, size=workers if warm is None else warm, labels={"mlops-lab.instance": instance,
+                                                                  "mlops-lab.grading": "warm"})
 
     def run(self, nb, label: str):
-        return run_notebook(nb, self.image, self.limits, label,
-                            labels={"mlops-lab.instance": self.instance, "mlops-lab.grading": label[:60]})
+        return self.warm.run(nb, label)
+
+
+def remove_left_sandboxes(instance: str) -> int:
+    """Sandboxes of this lab that a runner before this one left (killed, or the hub restarted):
+    nobody will read their results."""
+    import docker
+
+    client = docker.from_env(timeout=60)
+    left = client.containers.list(all=True, filters={"label": ["mlops-lab.role=autograde-sandbox",
+                                                               f"mlops-lab.instance={instance}"]})
+    for container in left:
+        remove(container)
+    return len(left)
 
 
 def limits_from(settings: dict) -> Limits:
@@ -128,20 +145,27 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[sandbox %(levelname)s %(asctime)s] %(message)s")
     if os.geteuid() != 0:
         sys.exit("the sandbox runner needs root (the Docker socket)")
-    settings = json.loads(os.environ.get("LAB_GRADING", "{}"))
-    workers = int(settings.get("workers", 0)) or os.cpu_count() or 1
-    runner = Runner(os.environ["LAB_COURSE_IMAGE"], limits_from(settings), workers,
-                    os.environ.get("LAB_INSTANCE", "mlops-lab"))
-    changed = give_volume_to_grader(Path(os.environ.get("LAB_COURSE_ROOT", "/srv/course")))
+    lab = current("sandbox")
+    workers = lab.grading_workers
+    runner = Runner(lab.env["LAB_COURSE_IMAGE"], limits_from(lab.get("grading")), workers, lab.instance,
+                    lab.get("grading.warm_sandboxes"))
+    changed = give_volume_to_grader(lab.course_root)
     if changed:
         log.info("gave %d file(s) on the course volume to the grader user", changed)
+    left = remove_left_sandboxes(lab.instance)
+    if left:
+        log.info("removed %d sandbox container(s) an earlier runner left", left)
     write_token(runner.token)
     app = web.Application([(r"/run", RunHandler, {"runner": runner})])
     app.listen(PORT, "127.0.0.1", max_body_size=200 * 1024 * 1024)
     loop = ioloop.IOLoop.current()
     signal.signal(signal.SIGTERM, lambda *_: loop.add_callback_from_signal(loop.stop))
-    log.info("sandbox runner on 127.0.0.1:%d: %d at once; %s", PORT, max(workers, 2), runner.limits.describe())
-    loop.start()
+    log.info("sandbox runner on 127.0.0.1:%d: %d at once, %d started ahead of need; %s", PORT, max(workers, 2),
+             runner.warm.size, runner.limits.describe())
+    try:
+        loop.start()
+    finally:
+        runner.warm.close()  # no kernel waits for a notebook that will not come
 
 
 if __name__ == "__main__":

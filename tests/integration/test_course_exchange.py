@@ -217,7 +217,11 @@ def test_malicious_submissions_are_contained_and_score_zero(course, submitted):
     assert "FileNotFoundError" in book["s240005"]["errors"]
     # the reasons are in the instructor's output too, and no sandbox is left behind
     assert "cell timeout" in r.stderr and "kernel died" in r.stderr
-    assert docker("ps", "-aq", "--filter", "label=mlops-lab.role=autograde-sandbox").strip() == ""
+    # every sandbox that ran a notebook is gone; what is left was started ahead and never got one
+    for cid in docker("ps", "-aq", "--filter", "label=mlops-lab.role=autograde-sandbox").split():
+        assert docker("inspect", "-f", "{{.State.Running}} {{index .Config.Labels \"mlops-lab.grading\"}}", cid).split() \
+            == ["true", "warm"], cid
+        assert "notebook received" not in subprocess.run(["docker", "logs", cid], capture_output=True, text=True).stderr
     # the grades export shows them
     csv = course.course("GET", "api/grades.csv").text
     rows = {line.split(",")[0]: line.split(",") for line in csv.splitlines()[1:]}

@@ -5,11 +5,16 @@ from jupyterhub.app import JupyterHub
 from tornado import web
 from traitlets.config import Config
 
-from hub.config import apply
-from hub.settings import load_settings
+from hub.config import apply, service_url
+from hub.settings import ENV_VARS, load_settings
 from hub.spawner import ContainerExited, CourseSpawner, docker_name
 
 TOKEN = "b" * 64
+
+
+def service_settings(service):
+    """The settings a hub-managed service loads from the environment the hub gives it."""
+    return load_settings(environ=service["environment"], secrets=False)
 
 
 def config_for(tmp_path, text="", **env):
@@ -107,7 +112,7 @@ def test_demo_logins_use_the_bundled_peers(tmp_path):
     assert github["oauth_callback_url"] == "https://lab.example/hub/github/oauth_callback"
     assert "demo DTU and GitHub logins" in c.JupyterHub.template_vars["announcement_login"]
     [roster] = [s for s in c.JupyterHub.services if s["name"] == "roster"]
-    assert roster["environment"]["ROSTER_DEMO_FILE"].endswith("demo-roster.csv")
+    assert service_settings(roster).demo is True  # so the roster service loads the demo roster
 
 
 TENANT = "f81f9b5a-3e36-4a1e-9f8d-4b5f2e1c0d11"
@@ -130,7 +135,9 @@ def test_live_logins_use_entra_cas_and_github_settings(tmp_path):
     assert c.CourseAuthenticator.admin_users == {"abc"}
     assert "announcement_login" not in c.JupyterHub.get("template_vars", {})
     [roster] = [s for s in c.JupyterHub.services if s["name"] == "roster"]
-    assert roster["environment"]["ROSTER_DEMO_FILE"] == ""
+    assert service_settings(roster).demo is False and service_settings(roster).get("auth.admin_users") == ["abc"]
+    for service in c.JupyterHub.services:  # no service is given the logins' client secrets
+        assert not {"LAB_DTU_CLIENT_SECRET", "LAB_GITHUB_CLIENT_SECRET"} & set(service.get("environment", {}))
     cas = config_for(tmp_path, "auth:\n  demo: false\n  dtu:\n    protocol: cas\n  github:\n    enabled: false\n")
     [only] = cas.CourseAuthenticator.authenticators
     assert only["authenticator_class"] == "hub.auth.DTUCASAuthenticator"
@@ -173,17 +180,21 @@ def test_course_services_their_access_and_the_student_token(tmp_path):
     """The exchange is reachable with a student's server token, but only through a role the
     roster's groups carry; the course service and the formgrader run as the unprivileged
     grader; only the sandbox runner is root, and the proxy does not route to it."""
-    import json
-    c = config_for(tmp_path, "grading:\n  workers: 3\n  mem_limit: 2G\n")
+    c = config_for(tmp_path, "grading:\n  workers: 3\n  mem_limit: 2G\n", LAB_ADMIN_API_TOKEN=TOKEN)
     services = {s["name"]: s for s in c.JupyterHub.services}
     course, formgrader, sandbox = services["course"], services["formgrader"], services["sandbox"]
     assert course["url"] == "http://127.0.0.1:10103" and course["user"] == "grader"
     assert "user" not in sandbox and "url" not in sandbox  # root (it starts containers), not proxied
-    assert json.loads(sandbox["environment"]["LAB_GRADING"])["workers"] == 3
-    grading = json.loads(course["environment"]["LAB_GRADING"])
+    # Each service loads the same settings from lab.yaml, not a copy of some of them.
+    assert service_settings(sandbox).get("grading.workers") == 3 and service_settings(sandbox).grading_workers == 3
+    grading = service_settings(course).get("grading")
     assert grading["workers"] == 3 and grading["mem_limit"] == "2G" and grading["test_clock"] is False
     assert formgrader["user"] == "grader" and formgrader["cwd"] == "/srv/lab/formgrader"
     assert "LAB_GRADEBOOK_URL" not in formgrader["environment"]  # SQLite on the course volume by default
+    assert service_settings(formgrader).gradebook_url.startswith("sqlite:////srv/course/nbgrader/gradebook.db")
+    for service in services.values():  # the hub's own secrets stay in the hub
+        assert not {k for k in service.get("environment", {}) if k.startswith("LAB_")} - set(ENV_VARS)
+        assert "LAB_ADMIN_API_TOKEN" not in service.get("environment", {})
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert roles["course-member"]["scopes"] == ["access:services!service=course"]
     assert set(roles["course-member"]["groups"]) == {"students", "tas", "instructors"}
@@ -199,6 +210,8 @@ def test_postgres_gradebook_url_reaches_grading_only_from_the_environment(tmp_pa
     services = {s["name"]: s for s in c.JupyterHub.services}
     assert services["course"]["environment"]["LAB_GRADEBOOK_URL"] == url
     assert services["formgrader"]["environment"]["LAB_GRADEBOOK_URL"] == url
+    assert service_settings(services["course"]).gradebook_url == "postgresql+psycopg2://grader:secret@db/gradebook"
+    assert "LAB_GRADEBOOK_URL" not in services["sandbox"]["environment"]  # root's runner needs no gradebook
 
 
 def test_culler_settings_reach_its_command(tmp_path):
@@ -257,6 +270,7 @@ def test_student_servers_and_services_each_get_their_own_origin(tmp_path):
     assert c.JupyterHub.subdomain_host == "https://lab.example.dk"
     assert c.CourseSpawner.environment["LAB_COURSE_HOST"] == "course--service.lab.example.dk"
     [course] = [s for s in c.JupyterHub.services if s["name"] == "course"]
-    assert course["environment"]["LAB_FORMGRADER_URL"] == "https://formgrader--service.lab.example.dk/services/formgrader/"
+    assert service_url(service_settings(course), "formgrader") == \
+        "https://formgrader--service.lab.example.dk/services/formgrader/"
     local = config_for(tmp_path)
     assert local.JupyterHub.subdomain_host == "http://localhost:8000"

@@ -2,9 +2,11 @@
 # over the course folder, with no kernels, no terminals, a read-only contents API, no
 # configuration from a request, writes for instructors only, sanitised student work and a
 # nonce CSP on every page (hub/formgrader.py says why).
+from hub.settings import current
+
 c = get_config()  # noqa: F821
 
-c.ServerApp.root_dir = "/srv/course/nbgrader"
+c.ServerApp.root_dir = str(current("formgrader").course_root / "nbgrader")
 c.ServerApp.default_url = "/formgrader"
 c.ServerApp.terminals_enabled = False
 c.ServerApp.contents_manager_class = "hub.formgrader.ReadOnlyContentsManager"
