@@ -30,6 +30,27 @@ def open_assignments_panel(page):
     expect(page.get_by_text("Released assignments", exact=True)).to_be_visible()
 
 
+def click_in_panel(page, assignment: str, button: str) -> None:
+    """Click ``button`` in the assignment's row of the Assignments panel. If the row has no such
+    button (the list still loading, or an error from the exchange), the panel's refresh button,
+    as a student would; if it never comes, fail with what the panel showed."""
+    target = page.locator(".list_item", has_text=assignment).get_by_role("button", name=button, exact=True).first
+    shown = []
+    for attempt in range(3):
+        try:
+            expect(target).to_be_visible(timeout=60_000)
+            break
+        except AssertionError:
+            page.screenshot(path=str(ARTIFACTS / f"assignments-no-{button.lower().replace(' ', '-')}-{attempt}.png"))
+            shown.append(" | ".join(t.strip() for t in page.locator("#released_assignments_list, #fetched_assignments_list,"
+                                                                      " #submitted_assignments_list").all_inner_texts()))
+            page.locator("#refresh_assignments_list").click()
+    else:
+        raise AssertionError(f"no {button!r} button for {assignment} in the Assignments panel; it showed: {shown}; "
+                             f"the browser's console: {getattr(page, 'lab_console', [])[-10:]}")
+    target.click()
+
+
 @pytest.fixture
 def stopped_afterwards(lab):
     yield
@@ -42,6 +63,8 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
     lab.wait_course(lambda s: s["schedule"].get(A, {}).get("released"), f"the release of {A}")
 
     page = new_page(browser)
+    page.lab_console = []
+    page.on("console", lambda m: page.lab_console.append(f"{m.type}: {m.text}"[:300]))
     login_dtu(lab, page, STUDENT)
     expect(page.get_by_text("Choose the kind of server to start")).to_be_visible()
     page.get_by_label("CPU", exact=False).first.check()
@@ -57,8 +80,8 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
     row = page.locator(".list_item", has_text=A).first
     expect(row).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "assignments-released.png"))
-    row.get_by_role("button", name="Fetch").click()
-    expect(page.locator(".list_item", has_text=A).get_by_role("button", name="Submit")).to_be_visible()
+    click_in_panel(page, A, "Fetch")
+    expect(page.locator(".list_item", has_text=A).get_by_role("button", name="Submit")).to_be_visible(timeout=60_000)
 
     # Open the notebook and edit the first answer
     page.goto(f"{lab.user_url(STUDENT)}/lab/tree/{A}/{A}.ipynb")
@@ -74,7 +97,7 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
 
     # Submit from the panel
     open_assignments_panel(page)
-    page.locator(".list_item", has_text=A).get_by_role("button", name="Submit").first.click()
+    click_in_panel(page, A, "Submit")
     expect(page.locator(".list_item", has_text="2026").or_(page.locator(".list_item", has_text="2027")).first).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "assignment-submitted.png"))
     mine = lab.course("GET", "api/submissions", token=lab.user_token(STUDENT)).json()["submissions"]
@@ -91,7 +114,7 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
     page.reload()
     expect(page.locator(".lm-MenuBar-itemLabel", has_text="Nbgrader")).to_be_visible(timeout=120_000)
     open_assignments_panel(page)
-    page.get_by_role("button", name="Fetch Feedback").first.click()
+    click_in_panel(page, A, "Fetch Feedback")
     expect(page.get_by_text("(view feedback)").first).to_be_visible(timeout=60_000)
     page.screenshot(path=str(ARTIFACTS / "assignment-feedback-fetched.png"))
     stamp = mine[0]["timestamp"]
@@ -103,7 +126,7 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
 
     # A submission after the due time is accepted and marked late, in the panel and on the
     # student's page of the course service (the graded, on-time one stays as it was).
-    page.locator(".list_item", has_text=A).get_by_role("button", name="Submit").first.click()
+    click_in_panel(page, A, "Submit")
     expect(page.get_by_text("(late)").first).to_be_visible(timeout=60_000)
     page.goto(f"{lab.url}/hub/home")  # the hub's Services menu leads to the course service's page
     page.get_by_role("button", name="Services").click()
