@@ -401,7 +401,7 @@ SCHEMA: dict[str, Any] = {
                 "auto_grade": {"type": "boolean", "title": "autograde after the due time"},
                 "auto_feedback": {"type": "boolean", "title": "release feedback when grading is done"},
                 "workers": {"type": "integer", "minimum": 0, "maximum": 256,
-                            "title": "autograde workers (0: one per core)"},
+                            "title": "autograde workers (0: one per core, plus one: a worker waits for its sandbox part of the time)"},
                 "warm_sandboxes": {"type": ["integer", "null"], "minimum": 0, "maximum": 256,
                                    "title": "sandbox containers started ahead of need, kernel up, each for one "
                                             "notebook (null: as many as workers; 0: none)"},
@@ -531,7 +531,7 @@ class Settings:
 
     @property
     def grading_workers(self) -> int:
-        return int(self.get("grading.workers")) or os.cpu_count() or 1
+        return int(self.get("grading.workers")) or (os.cpu_count() or 1) + 1
 
     def process_environment(self, *secrets: str) -> dict[str, str]:
         """The environment a lab process needs to load these same settings: every LAB_* variable
