@@ -8,7 +8,7 @@ volume (the course's real gradebook and exchange are not touched):
 
 1. M synthetic submissions of the assignment: every other one is the solution, the others leave
    an answer undone, so both passing and failing tests run.
-2. Ours: `python -m hub.grading autograde` as the grader user in the hub, N workers, every
+2. Ours: `python -m hub.course.grading autograde` as the grader user in the hub, N workers, every
    notebook in its own sandbox container (no network, limits).
 3. Baseline: nbgrader's own `nbgrader autograde --force`, serial, in one course-image container
    (no sandbox per submission), on an identical copy of the folder.
@@ -43,7 +43,7 @@ src = Path("/srv/lab/course/source") / assignment
 (root / "state" / "grading").mkdir(parents=True)
 (root / "exchange").mkdir()
 shutil.copytree(src, root / "nbgrader" / "source" / assignment)
-from hub import grading  # its settings give it the scratch course: LAB_COURSE_ROOT
+from hub.course import grading  # its settings give it the scratch course: LAB_COURSE_ROOT
 assert grading.coursedir_root() == root / "nbgrader", grading.coursedir_root()
 api = grading.api()
 result = api.generate_assignment(assignment, force=True, create=True)
@@ -97,7 +97,7 @@ print(json.dumps(out))
 
 LEDGER = r'''
 import json, sys
-from hub import grading
+from hub.course import grading
 print(json.dumps(grading.read_ledger(sys.argv[1])))
 '''
 
@@ -131,7 +131,7 @@ def main() -> int:
         cold, warm = json.loads(run("docker", "exec", hub, "python", "-c", FLOOR).stdout.strip())
 
         t = time.monotonic()
-        r = run(*grader, "python", "-m", "hub.grading", "autograde", args.assignment,
+        r = run(*grader, "python", "-m", "hub.course.grading", "autograde", args.assignment,
                 *(["--workers", str(args.workers)] if args.workers else []))
         ours_s = time.monotonic() - t
         summary = json.loads(r.stdout.strip().splitlines()[-1])

@@ -349,7 +349,7 @@ def course_services(settings: Settings) -> list[dict]:
             # As the grader user, who owns the course volume: nothing here runs as root.
             "name": "course",
             "url": "http://127.0.0.1:10103",
-            "command": [sys.executable, "-m", "hub.services.course"],
+            "command": [sys.executable, "-m", "hub.course.service"],
             "user": "grader",
             "cwd": str(root),
             "environment": grader_env,
@@ -358,7 +358,7 @@ def course_services(settings: Settings) -> list[dict]:
         {
             # The sandbox runner: root (it starts containers), on 127.0.0.1 only, not proxied.
             "name": "sandbox",
-            "command": [sys.executable, "-m", "hub.services.sandbox"],
+            "command": [sys.executable, "-m", "hub.course.runner"],
             "environment": settings.process_environment(),
             "display": False,
         },

@@ -8,7 +8,7 @@
 #                                                     rerun after an interruption: it resumes
 #   scripts/course.sh feedback ASSIGNMENT            generate and release feedback
 #   scripts/course.sh grades [FILE]                  the grades CSV (stdout, or FILE)
-# All but `grades` run as the hub's unprivileged grader user (python -m hub.grading).
+# All but `grades` run as the hub's unprivileged grader user (python -m hub.course.grading).
 set -euo pipefail
 trap 'echo "[course] ERROR: unexpected failure at $0 line $LINENO (exit $?)" >&2' ERR
 cd "$(dirname "$0")/.."
@@ -23,14 +23,14 @@ cmd="$1"; shift
 case "$cmd" in
   release|collect|autograde|feedback)
     [ $# -ge 1 ] && [ -n "$1" ] || die "usage: make $cmd A=ASSIGNMENT"
-    exec docker compose exec "${tty[@]}" -u grader -w /srv/course/state/home hub python -m hub.grading "$cmd" "$@" ;;
+    exec docker compose exec "${tty[@]}" -u grader -w /srv/course/state/home hub python -m hub.course.grading "$cmd" "$@" ;;
   grades)
     out="${1:-}"
     if [ -n "$out" ]; then
-      docker compose exec -T hub python -m hub.grading grades > "$out"
+      docker compose exec -T hub python -m hub.course.grading grades > "$out"
       echo "[course] grades written to $out ($(($(wc -l < "$out") - 1)) students)" >&2
     else
-      exec docker compose exec -T hub python -m hub.grading grades
+      exec docker compose exec -T hub python -m hub.course.grading grades
     fi ;;
   *) die "unknown command '$cmd' (release, collect, autograde, feedback, grades)" ;;
 esac

@@ -259,9 +259,9 @@ class Lab:
         return r.json()["token"]
 
     def grader(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        """Run ``python -m hub.grading ARGS`` as the grader user in the hub, as `make autograde` does."""
+        """Run ``python -m hub.course.grading ARGS`` as the grader user in the hub, as `make autograde` does."""
         return subprocess.run(["docker", "exec", "-u", "grader", "-w", "/srv/course/state/home",
-                               f"{INSTANCE}-hub-1", "python", "-m", "hub.grading", *args],
+                               f"{INSTANCE}-hub-1", "python", "-m", "hub.course.grading", *args],
                               capture_output=True, text=True, timeout=timeout)
 
     def server_api(self, name: str, method: str, path: str, **kw) -> requests.Response:

@@ -15,7 +15,7 @@ import time
 import nbformat
 import pytest
 
-from hub.coursecal import load_calendar
+from hub.course.calendar import load_calendar
 from tests.conftest import INSTANCE, ROOT, TEST_ROSTER, assignment_points, docker, solved
 
 pytestmark = pytest.mark.integration
@@ -234,7 +234,7 @@ def test_interrupted_autograde_resumes_without_regrading(course, submitted):
     hub = f"{INSTANCE}-hub-1"
     docker("exec", "-u", "grader", hub, "rm", "-f", f"/srv/course/state/grading/{A}.json")
     proc = subprocess.Popen(["docker", "exec", "-u", "grader", "-w", "/srv/course/state/home", hub,
-                             "python", "-m", "hub.grading", "autograde", A, "--workers", "1"],
+                             "python", "-m", "hub.course.grading", "autograde", A, "--workers", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while len(ledger(course)) < 2:
@@ -246,7 +246,7 @@ def test_interrupted_autograde_resumes_without_regrading(course, submitted):
               "for p in filter(str.isdigit, os.listdir('/proc')):\n"
               "    try: cmd = open(f'/proc/{p}/cmdline', 'rb').read()\n"
               "    except OSError: continue\n"
-              "    if int(p) != os.getpid() and (b'hub.grading' in cmd or b'multiprocessing' in cmd):\n"
+              "    if int(p) != os.getpid() and (b'hub.course.grading' in cmd or b'multiprocessing' in cmd):\n"
               "        os.kill(int(p), signal.SIGKILL)\n")
     docker("exec", hub, "python3", "-c", killer)
     proc.wait(30)

@@ -46,9 +46,9 @@ def test_release_and_export_use_the_postgres_gradebook(postgres):
     script = (
         "set -e; mkdir -p /tmp/course/state /tmp/course/nbgrader/source /tmp/course/exchange; "
         "cp -r /srv/lab/course/source/04-project-cli /tmp/course/nbgrader/source/; "
-        "python -m hub.grading release 04-project-cli; "
-        "python -m hub.grading grades; "
-        "python -c \"from nbgrader.api import Gradebook; from hub.grading import gradebook_url; "
+        "python -m hub.course.grading release 04-project-cli; "
+        "python -m hub.course.grading grades; "
+        "python -c \"from nbgrader.api import Gradebook; from hub.course.grading import gradebook_url; "
         "gb = Gradebook(gradebook_url()); a = gb.find_assignment('04-project-cli'); "
         "print('in postgres:', a.name, a.duedate, a.max_score, gb.db.bind.dialect.name)\"; "
         "ls /tmp/course/nbgrader")

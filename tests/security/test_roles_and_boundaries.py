@@ -86,8 +86,8 @@ def test_the_grader_cannot_lead_root_through_a_link(course):
     (to the hub's cookie secret) are never followed by root, across a hub restart."""
     ps = hub_exec("python3", "-c", PROCESSES).stdout
     owners = {cmd: user for user, cmd in (line.split(" ", 1) for line in ps.splitlines() if " " in line)}
-    assert [u for c, u in owners.items() if "hub.services.course" in c] == ["grader"], ps
-    assert [u for c, u in owners.items() if "hub.services.sandbox" in c] == ["root"], ps
+    assert [u for c, u in owners.items() if "hub.course.service" in c] == ["grader"], ps
+    assert [u for c, u in owners.items() if "hub.course.runner" in c] == ["root"], ps
     assert hub_exec("sh", "-c", "ln -sf /srv/jupyterhub/jupyterhub_cookie_secret /run/lab-sandbox/token",
                     user="grader", check=False).returncode != 0
     secret = "/srv/jupyterhub/jupyterhub_cookie_secret"

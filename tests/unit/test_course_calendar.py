@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from hub import coursedocs
-from hub.coursecal import load_calendar
+from hub.course import docs as coursedocs
+from hub.course.calendar import load_calendar
 
 COURSE = Path(__file__).resolve().parents[2] / "course"
 # The core modules of 02476 and the assignment module names that cover them.
@@ -115,7 +115,7 @@ def test_every_graded_cell_has_at_least_two_gamed_answers():
 
 def test_readme_and_headers_are_generated_from_the_calendar():
     stale, problems = coursedocs.write(COURSE, check=True)
-    assert not problems and not stale, f"run python -m hub.coursedocs: {stale + problems}"
+    assert not problems and not stale, f"run python -m hub.course.docs: {stale + problems}"
     text = (COURSE / "material" / "README.md").read_text()
     for a in calendar().assignments.values():
         assert a.name in text and coursedocs.when(a.due) in text

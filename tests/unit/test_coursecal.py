@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from hub.coursecal import CalendarError, Clock, load_calendar
+from hub.course.calendar import CalendarError, Clock, load_calendar
 from tests.unit.test_course_calendar import COURSE
 
 

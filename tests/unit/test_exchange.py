@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from hub.exchange import ExchangeRefused, ExchangeStore, collect, safe_extract
-from hub.sandbox import MARKER, parse_output
+from hub.course.exchange import ExchangeRefused, ExchangeStore, collect, safe_extract
+from hub.course.sandbox import MARKER, parse_output
 
 UTC = dt.timezone.utc
 
@@ -160,7 +160,7 @@ def test_the_same_file_twice_is_refused(store):
 
 
 def test_too_many_entries_are_refused_while_reading(store, monkeypatch):
-    import hub.exchange as exchange
+    import hub.course.exchange as exchange
     monkeypatch.setattr(exchange, "MAX_FILES", 10)
     entries = {f"junk{i}": b"" for i in range(50)}
     with pytest.raises(ExchangeRefused, match="more than 10 entries"):
@@ -168,7 +168,7 @@ def test_too_many_entries_are_refused_while_reading(store, monkeypatch):
 
 
 def test_submissions_per_assignment_and_files_per_student_are_limited(store, monkeypatch):
-    import hub.exchange as exchange
+    import hub.course.exchange as exchange
     monkeypatch.setattr(exchange, "MAX_SUBMISSIONS", 2)
     for minute in (1, 2):
         store.submit("s230001", "a1", tar({"a1.ipynb": b"{}"}), dt.datetime(2027, 1, 5, 10, minute, tzinfo=UTC), None)

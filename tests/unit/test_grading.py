@@ -23,7 +23,7 @@ def lab_env(tmp_path, text: str = "", **extra) -> dict:
 
 
 def grading_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hub.grading", *args], env=env, cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "hub.course.grading", *args], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -51,7 +51,8 @@ def test_an_unknown_assignment_is_named(tmp_path):
 
 def test_grading_reads_its_places_from_the_settings(tmp_path, monkeypatch):
     """Paths and the gradebook come from one Settings object; nothing is read at import time."""
-    from hub import grading, settings
+    from hub import settings
+    from hub.course import grading
 
     for name, value in lab_env(tmp_path, LAB_GRADEBOOK_URL="postgresql://g:pw@db/gradebook").items():
         monkeypatch.setenv(name, value)
@@ -75,7 +76,7 @@ def course(tmp_path, monkeypatch):
     for name, value in lab_env(tmp_path, text).items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(settings, "_CURRENT", {})
-    from hub.services.course import Course
+    from hub.course.state import Course
     c = Course()
     c.prepare()
     return c
@@ -87,7 +88,7 @@ def test_the_course_service_takes_everything_from_the_settings(course, tmp_path)
     assert course.course_id == "mlops-02476"
     assert course.formgrader_url == "http://formgrader--service.localhost:8000/services/formgrader/"
     assert (tmp_path / "course" / "nbgrader" / "source" / "01-pytorch-training" / "01-pytorch-training.ipynb").is_file()
-    env = course.grader_env()  # what `python -m hub.grading` gets: the same settings, no other variables
+    env = course.grader_env()  # what `python -m hub.course.grading` gets: the same settings, no other variables
     assert env["LAB_SETTINGS_FILE"] == str(tmp_path / "lab.yaml") and "LAB_GRADING" not in env
 
 
@@ -106,3 +107,21 @@ def test_the_calendar_releases_on_time_and_grades_after_the_grace(course):
     # Not twice while one is queued.
     course.enqueue("01-pytorch-training", "deadline", "calendar")
     assert ("01-pytorch-training", "deadline") not in course.due_jobs()
+
+
+def test_the_dashboard_and_the_student_page_escape_what_they_show(course):
+    """The pages are plain functions of the course's state; a name or a sandbox's reason with
+    markup in it is shown as text."""
+    from hub.course import pages
+
+    row = {"assignment": "01-pytorch-training", "title": "<script>alert(1)</script>", "core": True,
+           "release": "2027-01-04T09:00:00+01:00", "due": "2027-01-06T23:59:00+01:00", "released": True,
+           "fetched": 3, "submitted": 2, "late": 1, "graded": 2, "scores": [10.0, 4.0], "max_score": 10.0,
+           "flagged": {"s230001": "<img src=x onerror=alert(1)>"}}
+    page = pages.dashboard(course, [row], "teacher", "instructor", "/services/course/api/grades.csv")
+    assert "<script>" not in page and "<img" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert page.count("<rect") == 4 + 10  # four counts, ten score bins
+    assert 'href="/services/course/api/grades.csv"' in page
+    mine = pages.my_assignments(course, "s230001")
+    assert "My assignments (s230001)" in mine and "<table>" in mine

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 from hub.auth import DTUOIDCAuthenticator, LoginRefused
-from hub.formgrader import SanitizeStudentHTML, add_nonces, clean_html, staff_page_csp
+from hub.course.formgrader import SanitizeStudentHTML, add_nonces, clean_html, staff_page_csp
 from hub.permissions import COURSE_ENDPOINTS, PERMISSIONS, may, role_of
 
 TENANT = "f81f9b5a-3e36-4a1e-9f8d-4b5f2e1c0d11"

@@ -1,12 +1,12 @@
 """Grading: nbgrader configured for the lab, autograding in sandboxes with N workers that can be
 resumed, collecting, feedback, and the grades export. Runs as the ``grader`` user in the hub
-container (``python -m hub.grading ...``; ``make autograde`` and friends call it, and so does
+container (``python -m hub.course.grading ...``; ``make autograde`` and friends call it, and so does
 the course service's calendar).
 
 nbgrader does the grading itself: it restores the original test cells, scores the outputs and
 keeps the gradebook. We change one step: instead of its ``Execute`` preprocessor, which runs
 student code in nbgrader's own process, ``SandboxExecute`` sends the notebook to the sandbox
-runner (``hub.services.sandbox``), which runs it in a throw-away container (``hub.sandbox``).
+runner (``hub.course.runner``), which runs it in a throw-away container (``hub.course.sandbox``).
 The grader user has no Docker access; only the sandbox runner does. nbgrader's ``autograde`` is serial and, if stopped,
 cannot tell a half-done submission from a done one; ``autograde_all`` runs one nbgrader
 autograde per submission in N worker processes and keeps a ledger (submission timestamp, score,
@@ -14,20 +14,18 @@ reason) written after each one, so a rerun skips exactly what is done.
 
 Commands::
 
-    python -m hub.grading release ASSIGNMENT [--force]    generate, set the due date, release
-    python -m hub.grading collect ASSIGNMENT [--before-due]
-    python -m hub.grading autograde ASSIGNMENT [--workers N] [--force] [--collect]
-    python -m hub.grading feedback ASSIGNMENT             generate and release feedback
-    python -m hub.grading deadline ASSIGNMENT             what the calendar runs after the due time
-    python -m hub.grading grades [--out FILE]             the grades CSV
+    python -m hub.course.grading release ASSIGNMENT [--force]    generate, set the due date, release
+    python -m hub.course.grading collect ASSIGNMENT [--before-due]
+    python -m hub.course.grading autograde ASSIGNMENT [--workers N] [--force] [--collect]
+    python -m hub.course.grading feedback ASSIGNMENT             generate and release feedback
+    python -m hub.course.grading deadline ASSIGNMENT             what the calendar runs after the due time
+    python -m hub.course.grading grades [--out FILE]             the grades CSV
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import io
 import json
 import logging
 import multiprocessing
@@ -45,7 +43,7 @@ log = logging.getLogger("grading")
 
 def settings():
     """The lab's settings (lab.yaml and the LAB_* environment), as every lab process loads them."""
-    from .settings import current
+    from ..settings import current
     return current("grading")
 
 
@@ -74,15 +72,15 @@ def lab_config():
     c.CourseDirectory.root = str(coursedir_root())
     c.CourseDirectory.db_url = gradebook_url()
     c.LabExchange.root = str(settings().course_root / "exchange")
-    c.ExchangeFactory.release_assignment = "hub.exchange.StaffReleaseAssignment"
-    c.ExchangeFactory.collect = "hub.exchange.StaffCollect"
-    c.ExchangeFactory.release_feedback = "hub.exchange.StaffReleaseFeedback"
-    c.ExchangeFactory.list = "hub.exchange.StaffList"
+    c.ExchangeFactory.release_assignment = "hub.course.exchange.StaffReleaseAssignment"
+    c.ExchangeFactory.collect = "hub.course.exchange.StaffCollect"
+    c.ExchangeFactory.release_feedback = "hub.course.exchange.StaffReleaseFeedback"
+    c.ExchangeFactory.list = "hub.course.exchange.StaffList"
     from nbconvert.preprocessors import ClearMetadataPreprocessor
     from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput,
                                         SaveAutoGrades)
     # Students' notebooks are rendered for staff (formgrader) and into feedback: inert HTML only.
-    c.HTMLExporter.preprocessors = ["hub.formgrader.SanitizeStudentHTML"]
+    c.HTMLExporter.preprocessors = ["hub.course.formgrader.SanitizeStudentHTML"]
     c.Autograde.autograde_preprocessors = [SandboxExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
                                            SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
     return c
@@ -127,7 +125,7 @@ def api():
 
 
 def calendar():
-    from .coursecal import load_calendar
+    from .calendar import load_calendar
     return load_calendar(settings().course_src / "calendar.yaml")
 
 
@@ -365,64 +363,8 @@ def deadline(assignment: str, auto_feedback: bool, workers: int) -> dict:
     return summary
 
 
-def roster_people() -> dict:
-    try:
-        from .roster import Roster
-        return Roster.from_json(settings().roster_file.read_text()).people
-    except (OSError, ValueError, AttributeError):
-        return {}
-
-
-def grades_rows() -> tuple[list[str], list[list]]:
-    """The export: one row per student, each assignment's score, total, and the pass rule."""
-    from nbgrader.api import Gradebook, MissingEntry
-
-    cal = calendar()
-    people = roster_people()
-    students = {pid for pid, p in people.items() if p.role == "student"}
-    with Gradebook(gradebook_url()) as gb:
-        maxima = {}
-        for name in cal.assignments:
-            try:
-                maxima[name] = float(gb.find_assignment(name).max_score)
-            except MissingEntry:
-                maxima[name] = None
-        students |= {s.id for s in gb.students}
-        header = ["student_id", "name", "email"]
-        header += [f"{n} (of {maxima[n]:g})" if maxima[n] else f"{n} (not released)" for n in cal.assignments]
-        header += ["total", "core modules passed", "result"]
-        rows = []
-        for sid in sorted(students):
-            person = people.get(sid)
-            row = [sid, getattr(person, "name", "") or "", getattr(person, "email", "") or ""]
-            fractions, total = {}, 0.0
-            for name in cal.assignments:
-                try:
-                    score = float(gb.find_submission(name, sid).score)
-                except MissingEntry:
-                    score = 0.0 if maxima[name] else None
-                row.append("" if score is None else f"{score:g}")
-                total += score or 0.0
-                if maxima[name]:
-                    fractions[name] = (score or 0.0) / maxima[name]
-            core = [a for a in cal.assignments.values() if a.core]
-            passed_core = sum(1 for a in core if fractions.get(a.name, 0.0) >= cal.core_min_fraction)
-            row += [f"{total:g}", f"{passed_core} of {len(core)}", "passed" if cal.passed(fractions) else "not passed"]
-            rows.append(row)
-    return header, rows
-
-
-def grades_csv() -> str:
-    header, rows = grades_rows()
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hub.grading", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hub.course.grading", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("release", help="generate, set the due date and release an assignment")
     p.add_argument("assignment")
@@ -468,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "deadline":
             print(json.dumps(deadline(args.assignment, not args.no_feedback, args.workers)))
         elif args.command == "grades":
+            from hub.course.grades import grades_csv
             text = grades_csv()
             if args.out:
                 Path(args.out).write_text(text)

@@ -57,6 +57,13 @@ class Limits:
         return f"{self.cpus:g} CPU, {self.mem} memory, {self.pids} processes, {self.wall_seconds} s"
 
 
+def limits_from(settings: dict) -> Limits:
+    """A sandbox's limits from lab.yaml's grading section."""
+    return Limits(cpus=float(settings.get("cpus", 1.0)), mem=str(settings.get("mem_limit", "1G")),
+                  pids=int(settings.get("pids_limit", 128)), wall_seconds=int(settings.get("wall_seconds", 900)),
+                  cell_timeout=int(settings.get("cell_timeout", 300)))
+
+
 @dataclass
 class Result:
     notebook: nbformat.NotebookNode

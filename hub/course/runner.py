@@ -2,9 +2,9 @@
 container, because it starts containers (the Docker socket is root's).
 
 It is deliberately small. It listens on ``127.0.0.1:10104`` (not routed by the proxy), takes a
-notebook from the grader user's processes (``hub.grading``: scheduled grading, ``make
+notebook from the grader user's processes (``hub.course.grading``: scheduled grading, ``make
 autograde``, the formgrader's buttons) with a token, runs it in a throw-away container
-(``hub.sandbox``) and answers with the executed notebook. It opens no file of the course
+(``hub.course.sandbox``) and answers with the executed notebook. It opens no file of the course
 volume by name, so the grader user (who owns that volume, and whose processes show students'
 work to staff) has no path to root through it:
 
@@ -15,7 +15,7 @@ work to staff) has no path to root through it:
   by a link or a folder swapped for one.
 
 Everything else of the course service (exchange, calendar, pages) runs as the grader user
-(``hub.services.course``). Ours because nbgrader has no sandbox.
+(``hub.course.service``). Ours because nbgrader has no sandbox.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tornado import ioloop, web
 
-from hub.sandbox import Limits, WarmPool, remove
+from hub.course.sandbox import Limits, WarmPool, limits_from, remove
 from hub.settings import current
 
 log = logging.getLogger("sandbox")
@@ -133,12 +133,6 @@ def remove_left_sandboxes(instance: str) -> int:
     for container in left:
         remove(container)
     return len(left)
-
-
-def limits_from(settings: dict) -> Limits:
-    return Limits(cpus=float(settings.get("cpus", 1.0)), mem=str(settings.get("mem_limit", "1G")),
-                  pids=int(settings.get("pids_limit", 128)), wall_seconds=int(settings.get("wall_seconds", 900)),
-                  cell_timeout=int(settings.get("cell_timeout", 300)))
 
 
 def main() -> None:

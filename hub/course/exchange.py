@@ -7,7 +7,7 @@ privacy when every student container runs as the same UID, and none at all acros
 ready-made replacements did not fit (ngshare-exchange pins jupyter-core<4.11.2; nbexchange
 makes everyone an instructor). So the exchange is ours, in two halves:
 
-- this store, only ever touched by the hub container: the course service (``hub.services.course``)
+- this store, only ever touched by the hub container: the course service (``hub.course.service``)
   files each student's uploads under the id their hub token proves, and only hands a student
   released assignments and their own submissions and feedback;
 - student containers reach it only through the course service's HTTP API, with the client

@@ -4,8 +4,8 @@ validate and submit, hidden tests, the pass rule, where to get help), the header
 assignment notebook (its session, module, release and due time, graded cells and points), and the
 instructors' table of assignments in ``course/README.md``.
 
-    python -m hub.coursedocs            rewrite the README and the notebooks' header cells
-    python -m hub.coursedocs --check    exit 1, naming each file, if any is out of date
+    python -m hub.course.docs            rewrite the README and the notebooks' header cells
+    python -m hub.course.docs --check    exit 1, naming each file, if any is out of date
 
 nbgrader has no notion of a course calendar, so this is ours; the unit tests keep the committed
 files equal to what this writes.
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import nbformat
 
-from .coursecal import Calendar, load_calendar
+from .calendar import Calendar, load_calendar
 
-COURSE = Path(__file__).resolve().parent.parent / "course"
+COURSE = Path(__file__).resolve().parents[2] / "course"
 README = Path("material") / "README.md"
 # The instructors' map of the course (course/README.md): the table between these markers.
-MAP_START = "<!-- assignments: written by python -m hub.coursedocs from calendar.yaml and the notebooks -->"
+MAP_START = "<!-- assignments: written by python -m hub.course.docs from calendar.yaml and the notebooks -->"
 MAP_END = "<!-- end of assignments -->"
 
 
@@ -192,7 +192,7 @@ def write(course: Path = COURSE, check: bool = False) -> tuple[list[str], list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m hub.coursedocs", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m hub.course.docs", description=__doc__.split("\n\n")[0])
     p.add_argument("--check", action="store_true", help="only report files that are out of date")
     p.add_argument("--course", type=Path, default=COURSE, help="the course folder (default: %(default)s)")
     args = p.parse_args(argv)

@@ -233,7 +233,7 @@ def _refuse_path(handler_class) -> None:
 
 
 def _jupyter_server_extension_points():
-    return [{"module": "hub.formgrader"}]
+    return [{"module": "hub.course.formgrader"}]
 
 
 def _load_jupyter_server_extension(serverapp):

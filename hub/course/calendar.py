@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from .settings import _line_index
+from ..settings import _line_index
 
 NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 
