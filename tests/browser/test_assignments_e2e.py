@@ -27,6 +27,15 @@ POINTS = assignment_points(A)
 def open_assignments_panel(page):
     page.locator(".lm-MenuBar-itemLabel", has_text="Nbgrader").click()
     page.locator(".lm-Menu-itemLabel", has_text="Assignment List").click()
+    show_assignments_tab(page)
+
+
+def show_assignments_tab(page):
+    """Bring the Assignments tab to the front (JupyterLab may still be restoring the first-login
+    layout, which brings the README forward again), as a student would click it."""
+    tab = page.locator("#jp-main-dock-panel .lm-TabBar-tab", has_text="Assignments").first
+    expect(tab).to_be_visible(timeout=30_000)
+    tab.click()
     expect(page.get_by_text("Released assignments", exact=True)).to_be_visible()
 
 
@@ -38,13 +47,16 @@ def click_in_panel(page, assignment: str, button: str) -> None:
     shown = []
     for attempt in range(3):
         try:
+            show_assignments_tab(page)
             expect(target).to_be_visible(timeout=60_000)
             break
         except AssertionError:
             page.screenshot(path=str(ARTIFACTS / f"assignments-no-{button.lower().replace(' ', '-')}-{attempt}.png"))
             shown.append(" | ".join(t.strip() for t in page.locator("#released_assignments_list, #fetched_assignments_list,"
                                                                       " #submitted_assignments_list").all_inner_texts()))
-            page.locator("#refresh_assignments_list").click()
+            refresh = page.locator("#refresh_assignments_list")
+            if refresh.is_visible():
+                refresh.click()
     else:
         raise AssertionError(f"no {button!r} button for {assignment} in the Assignments panel; it showed: {shown}; "
                              f"the browser's console: {getattr(page, 'lab_console', [])[-10:]}")
