@@ -55,7 +55,11 @@ def running_gpu_containers(client, instance: str) -> dict[str, tuple[str, str]]:
     return running
 
 
-def reconcile_gpu_allocations(settings, state_path: str, log=print) -> dict | None:
+def _say(message: str) -> None:
+    print(message, flush=True)  # the hub's stdout is a pipe: unflushed, the line came late or not at all
+
+
+def reconcile_gpu_allocations(settings, state_path: str, log=_say) -> dict | None:
     """At hub start, before any spawn: match stored GPU allocations with the containers that run."""
     devices = [Device.from_setting(d) for d in settings.get("gpus.devices")]
     if not devices:
