@@ -203,9 +203,14 @@ def run_in(container, nb: nbformat.NotebookNode, limits: Limits, label: str = ""
 def run_notebook(nb: nbformat.NotebookNode, image: str, limits: Limits, label: str = "",
                  labels: dict | None = None, client: docker.DockerClient | None = None) -> Result:
     """Execute ``nb`` in a sandbox started for it; never raises for what the notebook does."""
+    return _run(lambda: start_sandbox(image, limits, labels, client), nb, limits, label)
+
+
+def _run(get_container, nb: nbformat.NotebookNode, limits: Limits, label: str) -> Result:
+    """Get a started sandbox (timed: the wait for a container), then run ``nb`` in it."""
     started = time.monotonic()
     try:
-        container = start_sandbox(image, limits, labels, client)
+        container = get_container()
     except docker.errors.DockerException as exc:
         reason = f"the sandbox could not be started: {exc}"[:400]
         log.warning("sandbox %s: %s", label, reason)
@@ -244,17 +249,7 @@ class WarmPool:
         return container if container is not None else start_sandbox(self.image, self.limits, self.labels)
 
     def run(self, nb: nbformat.NotebookNode, label: str = "") -> Result:
-        started = time.monotonic()
-        try:
-            container = self.take()
-        except docker.errors.DockerException as exc:
-            reason = f"the sandbox could not be started: {exc}"[:400]
-            log.warning("sandbox %s: %s", label, reason)
-            return Result(failed(nb, reason), reason, round(time.monotonic() - started, 3))
-        waited = round(time.monotonic() - started, 3)
-        result = run_in(container, nb, self.limits, label)
-        result.timing["container_start"] = waited
-        return result
+        return _run(self.take, nb, self.limits, label)
 
     def _fill_locked(self) -> None:
         while not self._closed and len(self._ready) + self._starting < self.size:
