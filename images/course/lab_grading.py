@@ -120,13 +120,16 @@ class UserSiteHint(importlib.abc.MetaPathFinder):
         return None
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Start the kernel (``argv``: the kernel's arguments, ``-f CONNECTION_FILE`` and more). The
+    grading sandbox's executor calls this in a process it forked from itself."""
     user_site = site.getusersitepackages()
     sys.path[:] = [p for p in sys.path if not p.startswith(user_site)]
     sys.meta_path.append(UserSiteHint(user_site))
     from ipykernel import kernelapp
 
-    kernelapp.launch_new_instance(argv=[*sys.argv[1:], "--IPKernelApp.outstream_class=lab_grading.MergedOutStream",
+    args = sys.argv[1:] if argv is None else argv
+    kernelapp.launch_new_instance(argv=[*args, "--IPKernelApp.outstream_class=lab_grading.MergedOutStream",
                                         "--IPKernelApp.kernel_class=lab_grading.GradingKernel"])
 
 
