@@ -393,61 +393,59 @@ class ExchangeStore:
                 continue
         return out
 
-
-def collect(store: ExchangeStore, coursedir, assignment: str, before: dt.datetime | None = None,
-            students: list[str] | None = None, log=None) -> list[str]:
-    """Copy each student's latest submission (up to ``before``) into nbgrader's submitted folder,
-    with its timestamp.txt; a submission already collected is not copied again. Returns the
-    students whose submission changed."""
-    changed = []
-    base = store.root / "inbound"
-    names = students if students is not None else (sorted(p.name for p in base.iterdir()) if base.is_dir() else [])
-    for student in names:
-        if not STUDENT_RE.match(student):
-            continue
-        sub = store.latest(student, assignment, before)
-        if sub is None:
-            continue
-        dest = Path(coursedir.format_path(coursedir.submitted_directory, student, assignment))
-        stamp = dest / "timestamp.txt"
-        if stamp.is_file() and stamp.read_text().strip() == sub.timestamp:
-            continue
-        tmp = dest.parent / f".{assignment}.collecting"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(store.inbound(student, assignment, sub.id), tmp,
-                        ignore=shutil.ignore_patterns("meta.json", *IGNORE))
-        (tmp / "timestamp.txt").write_text(sub.timestamp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-        changed.append(student)
-        if log:
-            log.info("collected %s's submission of %s from %s%s", student, assignment, sub.timestamp,
-                     " (late)" if sub.late else "")
-    return changed
-
-
-def release_feedback(store: ExchangeStore, coursedir, assignment: str, student: str | None = None,
-                     log=None) -> list[str]:
-    """Publish generated feedback (nbgrader's feedback folder) to the submissions it was made for."""
-    released = []
-    base = Path(coursedir.root) / coursedir.feedback_directory
-    for folder in sorted(base.glob(f"{student or '*'}/{assignment}")):
-        who = folder.parent.name
-        stamp = folder / "timestamp.txt"
-        if not stamp.is_file() or not STUDENT_RE.match(who):
-            continue
-        timestamp = stamp.read_text().strip()
-        match = [s for s in store.submissions(who, assignment) if s.timestamp == timestamp]
-        if not match:
+    def collect_into(self, coursedir, assignment: str, before: dt.datetime | None = None,
+                     students: list[str] | None = None, log=None) -> list[str]:
+        """Copy each student's latest submission (up to ``before``) into nbgrader's submitted folder,
+        with its timestamp.txt; a submission already collected is not copied again. Returns the
+        students whose submission changed."""
+        changed = []
+        base = self.root / "inbound"
+        names = students if students is not None else (sorted(p.name for p in base.iterdir()) if base.is_dir() else [])
+        for student in names:
+            if not STUDENT_RE.match(student):
+                continue
+            sub = self.latest(student, assignment, before)
+            if sub is None:
+                continue
+            dest = Path(coursedir.format_path(coursedir.submitted_directory, student, assignment))
+            stamp = dest / "timestamp.txt"
+            if stamp.is_file() and stamp.read_text().strip() == sub.timestamp:
+                continue
+            tmp = dest.parent / f".{assignment}.collecting"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(self.inbound(student, assignment, sub.id), tmp,
+                            ignore=shutil.ignore_patterns("meta.json", *IGNORE))
+            (tmp / "timestamp.txt").write_text(sub.timestamp)
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+            changed.append(student)
             if log:
-                log.warning("feedback for %s/%s: no submission with timestamp %s", who, assignment, timestamp)
-            continue
-        store.put_feedback(who, assignment, match[-1].id, sorted(folder.glob("*.html")))
-        released.append(who)
-        if log:
-            log.info("released feedback on %s's submission of %s (%s)", who, assignment, timestamp)
-    return released
+                log.info("collected %s's submission of %s from %s%s", student, assignment, sub.timestamp,
+                         " (late)" if sub.late else "")
+        return changed
+
+
+    def publish_feedback(self, coursedir, assignment: str, student: str | None = None, log=None) -> list[str]:
+        """Publish generated feedback (nbgrader's feedback folder) to the submissions it was made for."""
+        released = []
+        base = Path(coursedir.root) / coursedir.feedback_directory
+        for folder in sorted(base.glob(f"{student or '*'}/{assignment}")):
+            who = folder.parent.name
+            stamp = folder / "timestamp.txt"
+            if not stamp.is_file() or not STUDENT_RE.match(who):
+                continue
+            timestamp = stamp.read_text().strip()
+            match = [s for s in self.submissions(who, assignment) if s.timestamp == timestamp]
+            if not match:
+                if log:
+                    log.warning("feedback for %s/%s: no submission with timestamp %s", who, assignment, timestamp)
+                continue
+            self.put_feedback(who, assignment, match[-1].id, sorted(folder.glob("*.html")))
+            released.append(who)
+            if log:
+                log.info("released feedback on %s's submission of %s (%s)", who, assignment, timestamp)
+        return released
 
 
 # -- nbgrader's pluggable exchange, staff side (formgrader and the grading tools) -----------------
@@ -482,13 +480,13 @@ class StaffReleaseAssignment(LabExchange, ExchangeReleaseAssignment):
 
 class StaffCollect(LabExchange, ExchangeCollect):
     def copy_files(self):
-        collect(self.store, self.coursedir, self.coursedir.assignment_id, log=self.log)
+        self.store.collect_into(self.coursedir, self.coursedir.assignment_id, log=self.log)
 
 
 class StaffReleaseFeedback(LabExchange, ExchangeReleaseFeedback):
     def copy_files(self):
         student = self.coursedir.student_id if self.coursedir.student_id not in ("", "*") else None
-        release_feedback(self.store, self.coursedir, self.coursedir.assignment_id, student, log=self.log)
+        self.store.publish_feedback(self.coursedir, self.coursedir.assignment_id, student, log=self.log)
 
 
 class StaffList(LabExchange, ExchangeList):

@@ -34,6 +34,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nbgrader.preprocessors import NbGraderPreprocessor
@@ -59,9 +60,10 @@ def gradebook_url() -> str:
     return settings().gradebook_url
 
 
-def lab_config():
+def lab_config(report: "SandboxReport | None" = None):
     """nbgrader's configuration for the lab: the course's own nbgrader_config.py (from the hub
-    image, never from the writable course folder), then our paths, exchange and sandbox."""
+    image, never from the writable course folder), then our paths, exchange and sandbox. With a
+    ``report``, the sandbox step notes in it what the sandbox said of each notebook."""
     from traitlets.config import Config
     from traitlets.config.loader import PyFileConfigLoader
 
@@ -81,19 +83,26 @@ def lab_config():
                                         SaveAutoGrades)
     # Students' notebooks are rendered for staff (formgrader) and into feedback: inert HTML only.
     c.HTMLExporter.preprocessors = ["hub.course.formgrader.SanitizeStudentHTML"]
-    c.Autograde.autograde_preprocessors = [SandboxExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+    executor = SandboxExecute if report is None else type("SandboxExecute", (SandboxExecute,), {"report": report})
+    c.Autograde.autograde_preprocessors = [executor, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
                                            SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
     return c
 
 
 # -- the sandboxed executor ---------------------------------------------------------------------
 
-REASONS: list[str] = []  # what the sandbox reported for the notebooks this process graded
-TIMINGS: list[dict] = []  # and where each notebook's time went (seconds)
+@dataclass
+class SandboxReport:
+    """What the sandbox said of the notebooks of one submission: why a notebook was stopped (if
+    it was) and where each one's time went (seconds)."""
+    reasons: list[str] = field(default_factory=list)
+    timings: list[dict] = field(default_factory=list)
 
 
 class SandboxExecute(NbGraderPreprocessor):
     """nbgrader's Execute step, done by the sandbox runner in a sandbox container."""
+
+    report: SandboxReport | None = None  # set on the class that lab_config(report) makes
 
     def preprocess(self, nb, resources):
         import nbformat
@@ -108,19 +117,20 @@ class SandboxExecute(NbGraderPreprocessor):
         if response.status_code != 200:
             raise RuntimeError(f"the sandbox service answered {response.status_code}: {response.text[:300]}")
         data = response.json()
-        TIMINGS.append({**(data.get("timing") or {}), "request": round(time.monotonic() - started, 3)})
-        if data.get("reason"):
-            REASONS.append(f"{meta.get('notebook', '?')}: {data['reason']}")
+        if self.report is not None:
+            self.report.timings.append({**(data.get("timing") or {}), "request": round(time.monotonic() - started, 3)})
+            if data.get("reason"):
+                self.report.reasons.append(f"{meta.get('notebook', '?')}: {data['reason']}")
         return nbformat.from_dict(data["notebook"]), resources
 
 
 # -- staff operations ---------------------------------------------------------------------------
 
-def api():
+def api(report: SandboxReport | None = None):
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
 
-    config = lab_config()
+    config = lab_config(report)
     return NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
 
 
@@ -158,15 +168,13 @@ def release(assignment: str, force: bool = False) -> None:
 def collect(assignment: str, before_due: bool = False) -> list[str]:
     from nbgrader.coursedir import CourseDirectory
 
-    from .exchange import collect as collect_into
-
     before = None
     if before_due:
         entry = calendar().get(assignment)
         if entry is not None:
             before = entry.due + dt.timedelta(minutes=int(settings().get("grading.grace_minutes")))
     coursedir = CourseDirectory(config=lab_config())
-    changed = collect_into(store(), coursedir, assignment, before=before, log=log)
+    changed = store().collect_into(coursedir, assignment, before=before, log=log)
     log.info("collected %s: %d new or updated submission(s)", assignment, len(changed))
     return changed
 
@@ -232,7 +240,7 @@ def reuse_gradebook_engines() -> None:
     grading worker keeps one engine per gradebook URL, so the cache lasts. (nbgrader's Gradebook
     has no way to pass an engine in.)"""
     import nbgrader.api
-    from sqlalchemy import create_engine
+    from sqlalchemy import create_engine, inspect
 
     def engine_for(url, **kwargs):
         key = (str(url), tuple(sorted(kwargs.items())))
@@ -240,13 +248,73 @@ def reuse_gradebook_engines() -> None:
             _ENGINES[key] = create_engine(url, **kwargs)
         return _ENGINES[key]
 
+    # Each Gradebook also lists the database's tables and checks that every one exists (about 15
+    # queries, ten times per submission). Tables are never dropped while grading runs: with the
+    # engine kept, a worker does that once per database.
+    ready: dict = {}
+
+    class Tables:
+        def __init__(self, names: list[str]):
+            self.names = names
+
+        def get_table_names(self) -> list[str]:
+            return self.names
+
+    def inspect_once(engine):
+        if engine not in ready:
+            return inspect(engine)
+        return Tables(ready[engine])
+
+    def create_all_once(bind, **kwargs):
+        if bind not in ready:
+            nbgrader.api.Base.metadata.__class__.create_all(nbgrader.api.Base.metadata, bind=bind, **kwargs)
+            ready[bind] = inspect(bind).get_table_names()
+
     nbgrader.api.create_engine = engine_for
+    nbgrader.api.inspect = inspect_once
+    nbgrader.api.Base.metadata.create_all = create_all_once
 
 
-def _start_worker(_: int) -> None:
-    """A worker's start: what every submission it grades then finds loaded."""
+def _preload() -> None:
+    """What every submission's grading needs loaded (nbgrader, nbconvert, the settings): loaded
+    once, in the process that then forks the workers, so a worker starts with it."""
     import nbgrader.apps  # noqa: F401
+    import nbgrader.converters  # noqa: F401
+    import nbgrader.preprocessors  # noqa: F401
     settings()
+    check_cell_metadata_once_per_schema()
+
+
+def check_cell_metadata_once_per_schema() -> None:
+    """nbgrader checks each cell's nbgrader metadata with ``jsonschema.validate``, which first
+    checks the schema itself against JSON Schema's metaschema, on every call: most of the CPU time
+    of nbgrader's metadata check (measured with cProfile in a grading worker). The same check,
+    with the schema checked once per process. (nbgrader has no setting for it.)"""
+    from types import SimpleNamespace
+
+    import jsonschema
+    from jsonschema.exceptions import best_match
+    from nbgrader.nbgraderformat import common
+
+    checked: dict = {}
+
+    def validate(instance, schema) -> None:  # jsonschema.validate, its schema check done once
+        entry = checked.get(id(schema))
+        if entry is None or entry[0] is not schema:
+            cls = jsonschema.validators.validator_for(schema)
+            cls.check_schema(schema)
+            entry = checked[id(schema)] = (schema, cls(schema))
+        error = best_match(entry[1].iter_errors(instance))
+        if error is not None:
+            raise error
+
+    common.jsonschema = SimpleNamespace(validate=validate)
+
+
+def _start_worker() -> None:
+    """A forked worker's start: its own gradebook engines (a database connection must not cross
+    a fork)."""
+    _ENGINES.clear()
     reuse_gradebook_engines()
 
 
@@ -254,13 +322,13 @@ def _grade_one(assignment: str, student: str) -> dict:
     """Worker: nbgrader autograde of one submission (its notebooks run in the sandbox)."""
     from nbgrader.api import Gradebook, MissingEntry
 
-    REASONS.clear()
-    TIMINGS.clear()
+    report = SandboxReport()
     started = time.monotonic()
-    result = api().autograde(assignment, student, force=True, create=True)
+    result = api(report).autograde(assignment, student, force=True, create=True)
     seconds = time.monotonic() - started
-    entry = {"status": "graded" if result.get("success") else "failed", "reason": "; ".join(REASONS),
-             "seconds": round(seconds, 2), "score": None, "max_score": None, "timing": breakdown(seconds, TIMINGS)}
+    entry = {"status": "graded" if result.get("success") else "failed", "reason": "; ".join(report.reasons),
+             "seconds": round(seconds, 2), "score": None, "max_score": None,
+             "timing": breakdown(seconds, report.timings)}
     if not result.get("success"):
         text = (result.get("error") or result.get("log") or "").strip().splitlines()
         entry["reason"] = entry["reason"] or (text[-1] if text else "nbgrader autograde failed")
@@ -295,16 +363,20 @@ def autograde_all(assignment: str, workers: int = 0, force: bool = False, progre
     bar = None
     if progress:
         from tqdm import tqdm
+        tqdm.monitor_interval = 0  # no monitor thread: the workers are forked from this process
         bar = tqdm(total=len(subs), initial=done_before, desc=f"autograde {assignment}", unit="submission",
                    file=sys.stderr, dynamic_ncols=True)
     failed = 0
     worker_start = 0.0
     if todo:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
-            # Long-lived workers: each process starts once (Python, nbgrader) and grades many.
-            t = time.monotonic()
-            list(pool.map(_start_worker, range(min(workers, len(todo)))))
+        # Long-lived workers, forked from this process once it has loaded nbgrader: each starts
+        # with nothing left to import and grades many submissions. (Forking is safe here: this is
+        # a command's own process, with no other thread and no open database connection.)
+        t = time.monotonic()
+        _preload()
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context,
+                                 initializer=_start_worker) as pool:
             worker_start = round(time.monotonic() - t, 2)
             futures = {pool.submit(_grade_one, assignment, s): s for s in todo}
             for future in as_completed(futures):
@@ -342,14 +414,12 @@ def autograde_all(assignment: str, workers: int = 0, force: bool = False, progre
 def feedback(assignment: str) -> list[str]:
     from nbgrader.coursedir import CourseDirectory
 
-    from .exchange import release_feedback
-
     if not any((coursedir_root() / "autograded").glob(f"*/{assignment}")):
         log.info("no autograded submissions of %s: no feedback to release", assignment)
         return []
     a = api()
     _check(a.generate_feedback(assignment, force=True), f"generating feedback for {assignment}")
-    released = release_feedback(store(), CourseDirectory(config=lab_config()), assignment, log=log)
+    released = store().publish_feedback(CourseDirectory(config=lab_config()), assignment, log=log)
     log.info("feedback released for %s: %d student(s)", assignment, len(released))
     return released
 

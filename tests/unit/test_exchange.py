@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hub.course.exchange import ExchangeRefused, ExchangeStore, collect, safe_extract
+from hub.course.exchange import ExchangeRefused, ExchangeStore, safe_extract
 from hub.course.sandbox import MARKER, parse_output
 
 UTC = dt.timezone.utc
@@ -95,13 +95,13 @@ def test_collect_copies_the_latest_on_time_submission_once(store, tmp_path):
     root = tmp_path / "course"
     coursedir = SimpleNamespace(root=str(root), submitted_directory="submitted",
                                 format_path=lambda kind, student, assignment: str(root / kind / student / assignment))
-    assert collect(store, coursedir, "a1", before=due) == ["s230001"]
+    assert store.collect_into(coursedir, "a1", before=due) == ["s230001"]
     folder = root / "submitted" / "s230001" / "a1"
     assert json.loads((folder / "a1.ipynb").read_text()) == {"v": 1}
     assert (folder / "timestamp.txt").read_text() == on_time.timestamp
     assert not (folder / "meta.json").exists()
-    assert collect(store, coursedir, "a1", before=due) == []  # already collected
-    assert collect(store, coursedir, "a1") == ["s230001"]  # by hand: the latest, late one
+    assert store.collect_into(coursedir, "a1", before=due) == []  # already collected
+    assert store.collect_into(coursedir, "a1") == ["s230001"]  # by hand: the latest, late one
     assert json.loads((folder / "a1.ipynb").read_text()) == {"v": 2}
 
 

@@ -125,3 +125,115 @@ def test_the_dashboard_and_the_student_page_escape_what_they_show(course):
     assert 'href="/services/course/api/grades.csv"' in page
     mine = pages.my_assignments(course, "s230001")
     assert "My assignments (s230001)" in mine and "<table>" in mine
+
+
+def test_a_worker_checks_cell_metadata_as_nbgrader_does(monkeypatch):
+    """The worker's metadata check (the schema checked once) accepts and refuses what nbgrader's
+    own check does, with the same error."""
+    import jsonschema
+    from nbformat.v4 import new_code_cell
+    from nbgrader.nbgraderformat import common
+    from nbgrader.nbgraderformat.v3 import MetadataValidatorV3
+
+    from hub.course import grading
+
+    validator = MetadataValidatorV3()
+    good = new_code_cell("x = 1", metadata={"nbgrader": {"schema_version": 3, "grade": True, "solution": False,
+                                                         "locked": True, "points": 2, "grade_id": "t1"}})
+    bad = new_code_cell("x = 1", metadata={"nbgrader": {"schema_version": 3, "grade": True, "solution": False,
+                                                        "locked": True, "points": "two", "grade_id": "t1"}})
+
+    def outcome(cell):
+        try:
+            validator.validate_cell(cell)
+        except jsonschema.ValidationError as exc:
+            return exc.message
+        return "valid"
+
+    before = outcome(good), outcome(bad)
+    assert before[0] == "valid" and "'two'" in before[1]
+    monkeypatch.setattr(common, "jsonschema", common.jsonschema)  # put back after the test
+    checks = []
+    real = jsonschema.validators.validator_for(validator.schema).check_schema
+    monkeypatch.setattr(jsonschema.validators.validator_for(validator.schema), "check_schema",
+                        lambda schema: checks.append(1) or real(schema))
+    grading.check_cell_metadata_once_per_schema()
+    assert [outcome(good), outcome(bad)] * 3 == [outcome(c) for c in (good, bad) * 3] == list(before) * 3
+    assert len(checks) == 1  # the schema itself was checked once, not once per cell
+
+
+def test_a_worker_checks_the_gradebook_tables_once(tmp_path, monkeypatch):
+    """A grading worker keeps one engine per gradebook and checks its tables once; the gradebook
+    works as before."""
+    import nbgrader.api
+    from sqlalchemy import event
+
+    from hub.course import grading
+
+    for name in ("create_engine", "inspect"):
+        monkeypatch.setattr(nbgrader.api, name, getattr(nbgrader.api, name))
+    monkeypatch.setattr(nbgrader.api.Base.metadata, "create_all", nbgrader.api.Base.metadata.create_all)
+    monkeypatch.setattr(grading, "_ENGINES", {})
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")  # nbgrader runs alembic
+    url = f"sqlite:///{tmp_path / 'gradebook.db'}"
+    with nbgrader.api.Gradebook(url) as gb:  # as autograde_all does before the workers
+        gb.add_student("s230001")
+    grading.reuse_gradebook_engines()
+    statements = []
+    for i in range(5):
+        with nbgrader.api.Gradebook(url) as gb:
+            if i == 0:
+                engine = gb.engine
+                event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+            gb.add_assignment(f"a{i}")
+            assert [s.id for s in gb.students] == ["s230001"]
+    assert len(grading._ENGINES) == 1
+    assert not [s for s in statements if "PRAGMA" in s.upper() or "sqlite_master" in s]
+    with nbgrader.api.Gradebook(url) as gb:
+        assert sorted(a.name for a in gb.assignments) == ["a0", "a1", "a2", "a3", "a4"]
+
+
+def test_each_submission_gets_its_own_sandbox_report(tmp_path, monkeypatch):
+    """What the sandbox says of a notebook (the reason it was stopped, where its time went) goes
+    to the report of the submission being graded, not to a list shared by the process."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import nbformat
+
+    from hub import settings
+    from hub.course import grading
+
+    seen = []
+
+    class Runner(BaseHTTPRequestHandler):  # the sandbox runner's protocol, as hub.course.runner speaks it
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append((self.path, self.headers["Authorization"], body["label"]))
+            reply = json.dumps({"notebook": body["notebook"], "reason": f"stopped: {body['label']}", "seconds": 1.0,
+                                "timing": {"execute": 0.5, "kernel_wait": 0.1}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Runner)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    (tmp_path / "token").write_text("t0k3n\n")
+    monkeypatch.setattr(settings.Settings, "sandbox_url", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setattr(settings.Settings, "sandbox_token_file", tmp_path / "token")
+    try:
+        reports = [grading.SandboxReport(), grading.SandboxReport()]
+        for report, student in zip(reports, ("s230001", "s230002")):
+            executor = grading.lab_config(report).Autograde.autograde_preprocessors[0]
+            resources = {"nbgrader": {"assignment": "a1", "student": student, "notebook": "nb"}}
+            executor().preprocess(nbformat.v4.new_notebook(), resources)
+    finally:
+        server.shutdown()
+    assert seen == [("/run", "token t0k3n", "a1/s230001/nb"), ("/run", "token t0k3n", "a1/s230002/nb")]
+    assert [r.reasons for r in reports] == [["nb: stopped: a1/s230001/nb"], ["nb: stopped: a1/s230002/nb"]]
+    assert [r.timings[0]["execute"] for r in reports] == [0.5, 0.5] and all(len(r.timings) == 1 for r in reports)
+    assert grading.lab_config().Autograde.autograde_preprocessors[0] is grading.SandboxExecute  # no report: none kept
