@@ -15,10 +15,11 @@ volume (the course's real gradebook and exchange are not touched):
 4. Floor, in the same run: an empty notebook in a sandbox, once with no sandbox started ahead
    (container and kernel start, nothing else) and once with one (what a warm sandbox costs).
 
-Prints each rate (submissions per minute), the ratio, the floor and where a submission's time
-went in ours (worker start, nbgrader's own work, waiting for a container and a kernel, running
-the notebook, the rest of the round trip), checks that both graders gave the same scores, and
-removes the scratch folder.
+Prints each rate (submissions per minute), the ratio, the floor, where a submission's time went
+in ours (loading nbgrader, nbgrader's own work, waiting for a container and a kernel, running the
+notebook, the rest of the round trip) and the CPU time per submission of each grader (from the
+host's control groups: the hub container, the sandboxes, Docker and the rest outside
+containers), checks that both graders gave the same scores, and removes the scratch folder.
 """
 
 from __future__ import annotations
@@ -102,6 +103,22 @@ print(json.dumps(grading.read_ledger(sys.argv[1])))
 '''
 
 
+def cpu_seconds(hub_id: str) -> dict | None:
+    """CPU time used so far (all cores, seconds): the whole host, all containers together (removed
+    ones included: a control group's usage counts its children's), the hub's container. From the
+    cgroup v1 cpuacct hierarchy Docker uses here; None where there is none to read."""
+    base = Path("/sys/fs/cgroup/cpuacct")
+    try:
+        read = lambda p: int((base / p / "cpuacct.usage").read_text()) / 1e9  # noqa: E731
+        return {"host": read("."), "containers": read("docker"), "hub": read(f"docker/{hub_id}")}
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_used(before: dict | None, after: dict | None) -> dict | None:
+    return None if before is None or after is None else {k: after[k] - before[k] for k in before}
+
+
 def run(*cmd: str, timeout: float = 3600, **kw) -> subprocess.CompletedProcess:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
     if r.returncode != 0:
@@ -119,7 +136,7 @@ def main() -> int:
     args = p.parse_args()
     hub = f"{args.instance}-hub-1"
     volume = f"{args.instance}_course-data"
-    run("docker", "inspect", hub)
+    hub_id = run("docker", "inspect", "-f", "{{.Id}}", hub).stdout.strip()
     scratch = f"bench-{uuid.uuid4().hex[:8]}"
     root = f"/srv/course/{scratch}"
     grader = ["docker", "exec", "-u", "grader", "-w", "/srv/course/state/home", "-e", f"LAB_COURSE_ROOT={root}", hub]
@@ -130,21 +147,21 @@ def main() -> int:
 
         cold, warm = json.loads(run("docker", "exec", hub, "python", "-c", FLOOR).stdout.strip())
 
-        t = time.monotonic()
+        t, cpu0 = time.monotonic(), cpu_seconds(hub_id)
         r = run(*grader, "python", "-m", "hub.course.grading", "autograde", args.assignment,
                 *(["--workers", str(args.workers)] if args.workers else []))
-        ours_s = time.monotonic() - t
+        ours_s, ours_cpu = time.monotonic() - t, cpu_used(cpu0, cpu_seconds(hub_id))
         summary = json.loads(r.stdout.strip().splitlines()[-1])
         assert summary["graded_now"] == args.m, summary
         workers = summary["workers"]
         book = json.loads(run(*grader, "python", "-c", LEDGER, args.assignment).stdout)
 
-        t = time.monotonic()
+        t, cpu0 = time.monotonic(), cpu_seconds(hub_id)
         run("docker", "run", "--rm", "--network", "none", "-v", f"{volume}:/srv/course", "-w", f"{root}/serial",
             "--entrypoint", "nbgrader", f"mlops-lab/course:{args.tag}", "autograde", args.assignment, "--force",
             f"--CourseDirectory.root={root}/serial", "--CourseDirectory.course_id=bench",
             f"--CourseDirectory.db_url=sqlite:///{root}/serial/gradebook.db")
-        serial_s = time.monotonic() - t
+        serial_s, serial_cpu = time.monotonic() - t, cpu_used(cpu0, cpu_seconds(hub_id))
 
         ours = json.loads(run(*grader, "python", "-c", SCORES, f"{root}/nbgrader/gradebook.db", args.assignment).stdout)
         theirs = json.loads(run(*grader, "python", "-c", SCORES, f"{root}/serial/gradebook.db", args.assignment).stdout)
@@ -159,13 +176,24 @@ def main() -> int:
     print(f"  floor, in this run: an empty notebook in a sandbox: {cold:.2f} s when none was started ahead, "
           f"{warm:.2f} s when one was (so at most {workers * 60 / warm:.0f} submissions/min with {workers} workers)")
     print(f"  where one submission's time went in ours (mean of {len(book)}; the workers overlap):")
-    print(f"    {'worker process start (once per worker, not per submission)':<58} {summary['worker_start']:6.2f} s")
+    print(f"    {'loading nbgrader before the workers fork (once)':<58} {summary['worker_start']:6.2f} s")
     names = {"nbgrader": "nbgrader: files, gradebook writes, scoring", "container_start": "waiting for a sandbox container",
              "kernel_start": "waiting for its kernel", "execute": "running the notebook",
              "sandbox_other": "sandbox round trip (send, result, remove)"}
     for key, label in names.items():
         values = [e.get("timing", {}).get(key, 0.0) for e in book.values()]
         print(f"    {label:<58} {sum(values) / max(1, len(values)):6.2f} s")
+    if ours_cpu and serial_cpu:
+        per = lambda v: v / args.m  # noqa: E731
+        print("  CPU time per submission (all cores; the host's whole CPU, measured by its control groups):")
+        print(f"    ours: {per(ours_cpu['host']):.2f} s = hub container (workers: nbgrader; sandbox runner) "
+              f"{per(ours_cpu['hub']):.2f} + sandbox containers {per(ours_cpu['containers'] - ours_cpu['hub']):.2f}"
+              f" + outside containers (Docker engine, the rest) {per(ours_cpu['host'] - ours_cpu['containers']):.2f}")
+        print(f"    serial: {per(serial_cpu['host']):.2f} s = its container "
+              f"{per(serial_cpu['containers'] - serial_cpu['hub']):.2f} + outside containers "
+              f"{per(serial_cpu['host'] - serial_cpu['containers']):.2f}")
+    else:
+        print("  CPU time per submission: not measured (no cgroup v1 cpuacct hierarchy on this host)")
     print(f"  scores identical: {same} ({sum(1 for v in ours.values() if v)} of {len(ours)} passed something)")
     return 0 if same else 1
 
