@@ -251,23 +251,18 @@ def reuse_gradebook_engines() -> None:
     # Each Gradebook also lists the database's tables and checks that every one exists (about 15
     # queries, ten times per submission). Tables are never dropped while grading runs: with the
     # engine kept, a worker does that once per database.
-    ready: dict = {}
+    ready: dict = {}  # engine -> its table names, once its tables were made sure of
 
-    class Tables:
+    class Tables:  # what nbgrader asks of sqlalchemy.inspect()
         def __init__(self, names: list[str]):
-            self.names = names
-
-        def get_table_names(self) -> list[str]:
-            return self.names
+            self.get_table_names = lambda: names
 
     def inspect_once(engine):
-        if engine not in ready:
-            return inspect(engine)
-        return Tables(ready[engine])
+        return Tables(ready[engine]) if engine in ready else inspect(engine)
 
     def create_all_once(bind, **kwargs):
         if bind not in ready:
-            nbgrader.api.Base.metadata.__class__.create_all(nbgrader.api.Base.metadata, bind=bind, **kwargs)
+            type(nbgrader.api.Base.metadata).create_all(nbgrader.api.Base.metadata, bind=bind, **kwargs)
             ready[bind] = inspect(bind).get_table_names()
 
     nbgrader.api.create_engine = engine_for

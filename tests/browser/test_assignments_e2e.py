@@ -24,10 +24,6 @@ ANSWER = ("def seed_everything(seed: int) -> None: random.seed(seed); np.random.
 POINTS = assignment_points(A)
 
 
-def open_assignments_panel(page):
-    show_assignments_tab(page)
-
-
 def show_assignments_tab(page):
     """Bring the Assignments panel to the front, as a student would: open it from the Nbgrader
     menu if it has no tab, click its tab, and do that again if it does not stay in front
@@ -113,7 +109,7 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
         timeout=60_000)
 
     # Fetch in the Assignments panel
-    open_assignments_panel(page)
+    show_assignments_tab(page)
     row = page.locator(".list_item", has_text=A).first
     expect_in_panel(page, row)
     page.screenshot(path=str(ARTIFACTS / "assignments-released.png"))
@@ -133,7 +129,7 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
     page.screenshot(path=str(ARTIFACTS / "assignment-edited.png"))
 
     # Submit from the panel
-    open_assignments_panel(page)
+    show_assignments_tab(page)
     click_in_panel(page, A, "Submit")
     expect_in_panel(page, page.locator(".list_item", has_text="2026").or_(page.locator(".list_item", has_text="2027")).first)
     page.screenshot(path=str(ARTIFACTS / "assignment-submitted.png"))
@@ -150,7 +146,7 @@ def test_fetch_edit_submit_grade_feedback_export(lab, browser, stopped_afterward
     # The student fetches the feedback in the panel and reads the score
     page.reload()
     expect(page.locator(".lm-MenuBar-itemLabel", has_text="Nbgrader")).to_be_visible(timeout=120_000)
-    open_assignments_panel(page)
+    show_assignments_tab(page)
     click_in_panel(page, A, "Fetch Feedback")
     expect_in_panel(page, page.get_by_text("(view feedback)").first)
     page.screenshot(path=str(ARTIFACTS / "assignment-feedback-fetched.png"))
