@@ -15,26 +15,42 @@ services (Docker's TCP API included), cloud metadata (169.254.169.254) and the i
 and the egress proxy themselves are not restricted. Rules are recomputed every few seconds
 from the running containers (their addresses change on restart) and removed on stop. With no
 hub found, students get nothing at all (fail closed).
+
+The hub starts no student server unless netguard's heartbeat says the rules are in force. The
+heartbeat is a file on a volume the two share, written every ``BEAT`` seconds by a thread that
+reads the rules back from the kernel (``iptables -S``) and compares them with what was applied.
+It asks nothing of Docker, whose API slows down exactly when a class arrives and the engine is
+busy starting containers; the hub reads the file itself, without starting a process. When the
+rules are found changed or gone, the heartbeat is removed at once (the gate closes) and the
+rules are applied again; when netguard stops, it removes its rules and the heartbeat; when it
+hangs or dies, the heartbeat grows older than the hub's tolerance and the gate closes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
-# docker and the settings are imported where they are used, not here: the container's health
-# check (``--check``) runs this module every few seconds, and must answer fast on a busy host.
+# docker and the settings are imported where they are used, not here.
 
 HUB_PORTS = (8000, 8081)
-# Touched after each round in which the rules are in force; the container's health check reads
-# its age, and the hub starts no student server unless netguard is healthy.
-HEARTBEAT = "/tmp/netguard-ok"
 EGRESS_PORT = 3128
+# The heartbeat: written (atomically) every BEAT seconds while the rules read back from the
+# kernel are the ones applied. On the volume netguard shares with the hub (read-only there).
+HEARTBEAT = os.environ.get("LAB_NETGUARD_HEARTBEAT", "/run/lab-netguard/heartbeat.json")
+BEAT = 2.0
+# How old a heartbeat the hub still accepts. The largest age seen while 100 students' servers
+# started at once on a 2-core host was far below it (bench/burst.py prints it each run).
+TOLERANCE = 15.0
+# Rounds of discovery (Docker's view of the lab's addresses), which rewrite the rules on change.
+ROUND = 5.0
 
 
 def chain_names(instance: str) -> tuple[str, str]:
@@ -89,14 +105,47 @@ def remove(fwd: str, inp: str) -> None:
 
 
 class Guard:
-    def __init__(self, instance: str, network: str, isolate: bool):
+    def __init__(self, instance: str, network: str, isolate: bool, client=None):
         self.instance, self.network, self.isolate = instance, network, isolate
         self.fwd, self.inp = chain_names(instance)
         import docker
 
         self.errors = docker.errors
-        self.client = docker.from_env()
+        self.client = client or docker.from_env()
         self.applied: str | None = None
+        # What the kernel showed right after the last apply, which each beat compares with.
+        self.in_force: str | None = None
+        self.bridge: str | None = None
+        self.lock = threading.Lock()
+        self.reapply = threading.Event()
+
+    def beat(self) -> bool:
+        """One heartbeat: write it if the rules are in force, else remove it and ask for a new apply."""
+        with self.lock:
+            expected, bridge = self.in_force, self.bridge
+        if expected is None:
+            return False
+        if self.shown(bridge) != expected:
+            with self.lock:
+                clear_heartbeat()
+                if self.in_force == expected:
+                    self.in_force, self.applied = None, None
+            print(f"[netguard] the rules on {bridge} were changed or removed outside netguard: student "
+                  "servers may not start until they are applied again", file=sys.stderr, flush=True)
+            self.reapply.set()
+            return False
+        with self.lock:  # not after a stop or a failed apply that came in the meantime
+            if self.in_force != expected:
+                return False
+            write_heartbeat({"at": time.time(), "network": self.network, "bridge": bridge,
+                             "isolate": self.isolate, "pid": os.getpid()})
+        return True
+
+    def shown(self, bridge: str) -> str:
+        try:
+            return read_rules(bridge, self.fwd, self.inp)
+        except subprocess.CalledProcessError as e:  # a chain deleted
+            return f"unreadable: {e.stderr}"
 
     def discover(self) -> tuple[str | None, str | None, str | None]:
         """(bridge name, hub IP, egress IP) of this lab, from Docker."""
@@ -118,21 +167,71 @@ class Guard:
 
     def apply_once(self) -> None:
         bridge, hub, egress = self.discover()
-        if bridge is None:
-            return
+        if bridge is not None:
+            self.apply(bridge, hub, egress)
+
+    def apply(self, bridge: str, hub: str | None, egress: str | None) -> None:
+        """Put the rules for these addresses in force, unless the kernel already shows them."""
         rules = render_rules(self.fwd, self.inp, hub, egress, self.isolate)
         key = bridge + rules
+        with self.lock:
+            expected = self.in_force if key == self.applied else None
+        if expected is not None and self.shown(bridge) == expected:
+            return
+        # Declaring our chains in the input flushes them, so this replaces whatever is there.
+        subprocess.run(["iptables-restore", "-w", "--noflush"], input=rules, text=True, check=True,
+                       capture_output=True)
         if key != self.applied:
-            subprocess.run(["iptables-restore", "-w", "--noflush"], input=rules, text=True, check=True,
-                           capture_output=True)
             print(f"[netguard] {self.network} ({bridge}): hub {hub or '-'}, egress {egress or '-'};"
                   f" students {'isolated' if self.isolate else 'not isolated (network.isolate: false)'}",
                   flush=True)
         ensure_jump("DOCKER-USER", bridge, self.fwd)
         ensure_jump("INPUT", bridge, self.inp)
-        self.applied = key
-        with open(HEARTBEAT, "w") as f:
-            f.write(bridge)
+        with self.lock:
+            self.applied = key
+            self.bridge = bridge
+            self.in_force = read_rules(bridge, self.fwd, self.inp)
+
+
+def read_rules(bridge: str, fwd: str, inp: str) -> str:
+    """The rules in force, as the kernel shows them: both chains and whether the jumps exist."""
+    shown = [iptables("-S", chain).stdout for chain in (fwd, inp)]
+    for parent, chain in (("DOCKER-USER", fwd), ("INPUT", inp)):
+        jump = iptables("-C", parent, "-i", bridge, "-j", chain, check=False).returncode == 0
+        shown.append(f"{parent} -> {chain}: {'yes' if jump else 'MISSING'}\n")
+    return "".join(shown)
+
+
+def write_heartbeat(state: dict) -> None:
+    tmp = f"{HEARTBEAT}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(state, f)
+    os.replace(tmp, HEARTBEAT)
+
+
+def clear_heartbeat() -> None:
+    try:
+        os.unlink(HEARTBEAT)
+    except FileNotFoundError:
+        pass
+
+
+def heartbeat_problem(network: str, tolerance: float = TOLERANCE, now: float | None = None) -> str | None:
+    """For the hub's gate: None while netguard's rules for ``network`` are in force, else why not."""
+    try:
+        with open(HEARTBEAT) as f:
+            state = json.load(f)
+        at = float(state["at"])
+    except FileNotFoundError:
+        return "not running (no heartbeat)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"unreadable ({HEARTBEAT}: {e})"
+    if state.get("network") != network:
+        return f"guarding another network ({state.get('network')!r}, not {network!r})"
+    age = (time.time() if now is None else now) - at
+    if age > tolerance:
+        return f"not answering (last heartbeat {age:.0f} s ago)"
+    return None
 
 
 def check_bridge_netfilter() -> None:
@@ -146,17 +245,7 @@ def check_bridge_netfilter() -> None:
               " sysctl -w net.bridge.bridge-nf-call-iptables=1", file=sys.stderr, flush=True)
 
 
-def healthy(max_age: float = 20.0) -> bool:
-    """For the container's health check: the rules were in force within the last max_age seconds."""
-    try:
-        return time.time() - os.path.getmtime(HEARTBEAT) < max_age
-    except OSError:
-        return False
-
-
 def main() -> None:
-    if sys.argv[1:] == ["--check"]:
-        sys.exit(0 if healthy() else 1)
     import docker
 
     from .settings import load_settings_or_exit
@@ -168,24 +257,35 @@ def main() -> None:
     def stop(*_):
         nonlocal stopping
         stopping = True
+        guard.reapply.set()
+
+    def beats():
+        while not stopping:
+            guard.beat()
+            time.sleep(BEAT)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     check_bridge_netfilter()
+    clear_heartbeat()
+    threading.Thread(target=beats, name="heartbeat", daemon=True).start()
     try:
         while not stopping:
             try:
                 guard.apply_once()
             except (subprocess.CalledProcessError, docker.errors.DockerException) as e:
-                if os.path.exists(HEARTBEAT):
-                    os.unlink(HEARTBEAT)
+                with guard.lock:
+                    guard.in_force = guard.applied = None
+                    clear_heartbeat()
                 detail = getattr(e, "stderr", "") or str(e)
                 print(f"[netguard] could not apply rules: {detail}", file=sys.stderr, flush=True)
-            for _ in range(10):
-                if stopping:
-                    break
-                time.sleep(0.5)
+            guard.reapply.wait(ROUND)
+            guard.reapply.clear()
     finally:
+        stopping = True
+        with guard.lock:
+            guard.in_force = None
+            clear_heartbeat()
         remove(guard.fwd, guard.inp)
         print("[netguard] rules removed", flush=True)
 

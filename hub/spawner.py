@@ -24,6 +24,7 @@ from tornado import web
 from traitlets import Bool, Dict, Int, List, Unicode, default
 
 from .gpu import Allocator, Device, NoDeviceConfigured, NoDeviceFree
+from .netguard import heartbeat_problem
 from .profiles import Profile, render_form
 from .settings import USERNAME_RE, Settings
 
@@ -138,12 +139,11 @@ class CourseSpawner(DockerSpawner):
 
     async def check_netguard(self) -> None:
         """Refuse to start while the firewall is not in force: a server started then would reach
-        other students, the host and the internet."""
-        found = await self.docker("containers", filters={"label": [
-            f"com.docker.compose.project={self.lab_instance}", "com.docker.compose.service=netguard"]})
-        status = found[0]["Status"] if found else "not running"
-        if "(healthy)" not in status:
-            self.log.error("Not starting %s's server: netguard, the lab's firewall, is %s", self.user.name, status)
+        other students, the host and the internet. Reads netguard's heartbeat (a file on a shared
+        volume) and asks nothing of Docker, so a busy engine cannot close the gate."""
+        problem = heartbeat_problem(self.network_name)
+        if problem:
+            self.log.error("Not starting %s's server: netguard, the lab's firewall, is %s", self.user.name, problem)
             raise web.HTTPError(
                 503,
                 "Servers cannot start right now: the lab's network firewall is not running. "

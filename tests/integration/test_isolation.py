@@ -4,6 +4,7 @@ import json
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -181,3 +182,35 @@ def test_no_server_starts_while_the_firewall_is_down(lab):
         lab.wait_netguard_healthy()
     lab.start(name)
     lab.stop(name)
+
+
+def test_a_hung_firewall_closes_the_gate_and_rules_removed_behind_its_back_come_back(lab):
+    """Netguard frozen (its heartbeat stops): within its tolerance the hub refuses to start servers,
+    and starts them again once it runs. Its rules removed from the host's firewall while it runs:
+    it notices at its next beat and puts them back by itself."""
+    from hub.netguard import TOLERANCE
+
+    name = lab.new_user("hung")
+    guard = f"{lab.instance}-netguard-1"
+    docker("pause", guard)
+    try:
+        time.sleep(TOLERANCE + 1)  # a frozen process writes no heartbeat
+        r = lab.api("POST", f"/users/{name}/server")
+        assert r.status_code == 503, (r.status_code, r.text)
+        assert "network firewall is not running" in r.json()["message"]
+        assert "not answering (last heartbeat" in lab.compose("logs", "--tail", "20", "hub").stdout
+    finally:
+        docker("unpause", guard)
+    lab.wait_netguard_healthy()
+    lab.start(name)
+    lab.stop(name)
+
+    fwd, _ = chain_names(lab.instance)
+    net = docker_json("network", "inspect", lab.instance)[0]
+    bridge = (net.get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{net['Id'][:12]}"
+    subprocess.run(["iptables", "-w", "-D", "DOCKER-USER", "-i", bridge, "-j", fwd], check=True)
+    deadline = time.monotonic() + 15
+    while subprocess.run(["iptables", "-w", "-C", "DOCKER-USER", "-i", bridge, "-j", fwd]).returncode != 0:
+        assert time.monotonic() < deadline, "netguard did not put back the rules removed from DOCKER-USER"
+        time.sleep(0.5)
+    assert "changed or removed outside netguard" in lab.compose("logs", "--tail", "20", "netguard").stdout
