@@ -1,0 +1,478 @@
+#!/usr/bin/env python3
+"""The 9:00 burst: N students open the lab within a few minutes, played the way browsers do.
+
+    bench/burst.py [-n 100] [--window 120] [--no-floor] [--keep]
+
+Against the running lab (`make up`, demo mode: the bundled DTU provider signs the students in).
+Each student, at their arrival time (spread evenly over the window):
+
+1. opens the lab's front page and follows it to the login page;
+2. clicks "Log in with DTU", is sent to the provider's authorize page, picks their account there
+   (a form POST, as the button does), and follows the redirects back to the hub (OAuth code
+   flow, cookies kept, nothing through the admin API);
+3. submits the spawn form (CPU profile), follows the progress stream the pending page listens
+   to until the server is ready, and opens JupyterLab (the server's own OAuth with the hub);
+4. starts a kernel with the page's XSRF token, runs `sum(range(10))` over the kernel's
+   websocket, and waits for the result; then stays idle until everyone is done.
+
+The floor, in the same run: the same number of plain `docker run`s of the course image
+(JupyterLab alone, no hub, no login), arriving the same way, each to the same cell's result.
+
+Prints logins per second, p50/p95/max from the front page to the first cell's result (and per
+phase), failures by phase and cause, the CPU and memory of the hub's container and of the proxy
+in it, the memory and start CPU of a student's server, the largest age of netguard's heartbeat
+seen during the burst, and the floor's figures with the ratio.
+
+Before: the bench students (s98xxxx, "Bench Student n") are added to the roster through the
+roster service, and their DTU accounts to the demo provider. After (unless --keep): their
+servers are stopped, the roster is put back as it was, their hub users and home volumes removed.
+
+Ours, not a load tool's (locust and the like): the students have to follow the lab's own OAuth
+redirects across the hub's and each server's origins and speak Jupyter's kernel protocol, which
+is what the lab's own tests already do with requests and websocket-client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import re
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+
+import requests
+import websocket
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.spawn import percentile, read_env  # noqa: E402
+
+CODE, EXPECTED = "sum(range(10))", "45"
+
+# Student servers live on <name>.localhost, which Chromium resolves to loopback by itself; this
+# process's clients get the same answer.
+_getaddrinfo = socket.getaddrinfo
+
+
+def _loopback(host, *args, **kwargs):
+    if isinstance(host, str) and (host == "localhost" or host.endswith(".localhost")):
+        host = "127.0.0.1"
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = _loopback
+
+
+class Failed(Exception):
+    def __init__(self, phase: str, cause: str):
+        super().__init__(f"{phase}: {cause}")
+        self.phase, self.cause = phase, cause
+
+
+def must(r: requests.Response, phase: str, ok=(200,)) -> requests.Response:
+    if r.status_code not in ok:
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", r.text))[:160]
+        raise Failed(phase, f"HTTP {r.status_code} at {urlparse(r.url).path}: {text.strip()}")
+    return r
+
+
+def run_cell(ws_url: str, headers: list[str], timeout: float) -> str:
+    """Run CODE in the kernel behind ws_url; its result, as the notebook would show it."""
+    ws = websocket.create_connection(ws_url, header=headers, timeout=timeout)
+    try:
+        msg_id = uuid.uuid4().hex
+        ws.send(json.dumps({
+            "header": {"msg_id": msg_id, "username": "", "session": uuid.uuid4().hex,
+                       "msg_type": "execute_request", "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell",
+            "content": {"code": CODE, "silent": False, "store_history": True, "user_expressions": {},
+                        "allow_stdin": False},
+        }))
+        deadline = time.monotonic() + timeout
+        result = None
+        while time.monotonic() < deadline:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "execute_result":
+                result = msg["content"]["data"]["text/plain"]
+            elif msg["msg_type"] == "error":
+                return f"error: {msg['content']['ename']}"
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                return result or "no result"
+        return "no reply"
+    finally:
+        ws.close()
+
+
+# -- one student ------------------------------------------------------------------------------
+
+def play_student(url: str, person: str, timeout: float) -> dict:
+    """Front page to first cell result, as a browser; the time of each phase (seconds)."""
+    s = requests.Session()
+    marks = {"start": time.perf_counter()}
+
+    def mark(phase):
+        marks[phase] = time.perf_counter()
+
+    phase = "front page"
+    try:
+        login_page = must(s.get(f"{url}/", timeout=60), phase)
+        link = re.search(r"href=['\"]([^'\"]+)['\"][^>]*>\s*Log in with DTU", login_page.text)
+        if not link:
+            raise Failed(phase, f"no 'Log in with DTU' on {urlparse(login_page.url).path}")
+        mark("front page")
+        phase = "login"
+        authorize = must(s.get(urljoin(login_page.url, link.group(1)), timeout=60), phase)
+        if "/oauth2/authorize" not in authorize.url:
+            raise Failed(phase, f"not sent to the provider (at {authorize.url})")
+        # The provider's button for an account posts its form with that account's sub.
+        back = must(s.post(authorize.url, data={"sub": person}, timeout=timeout), phase)
+        mark("login")
+        phase = "spawn"
+        if "/hub/spawn-pending/" not in back.url:
+            # The spawn form (more than one profile to choose from): the CPU one.
+            xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', back.text)
+            action = re.search(r'<form[^>]*action="([^"]*)"', back.text)
+            if not (xsrf and action) or "/hub/spawn" not in back.url:
+                raise Failed("login", f"neither the spawn form nor a starting server after login (at {back.url})")
+            must(s.post(urljoin(back.url, action.group(1)), data={"_xsrf": xsrf.group(1), "profile": "cpu"},
+                        timeout=timeout), phase)
+        hub_xsrf = s.cookies.get("_xsrf", domain=urlparse(url).hostname)
+        with s.get(f"{url}/hub/api/users/{person}/server/progress", params={"_xsrf": hub_xsrf},
+                   headers={"Accept": "text/event-stream"}, stream=True, timeout=timeout) as events:
+            must(events, phase)
+            ready_url = None
+            for line in events.iter_lines(decode_unicode=True):
+                if not line or not line.startswith("data:"):
+                    continue
+                event = json.loads(line[5:])
+                if event.get("failed"):
+                    raise Failed(phase, event.get("message", "failed")[:160])
+                if event.get("ready"):
+                    ready_url = event["url"]
+                    break
+            if not ready_url:
+                raise Failed(phase, "the progress stream ended before the server was ready")
+        mark("spawn")
+        phase = "open lab"
+        lab = must(s.get(urljoin(url, ready_url) + "lab", timeout=120), phase)
+        server = lab.url.split("/lab")[0]
+        if "jupyter-config-data" not in lab.text:
+            raise Failed(phase, f"not JupyterLab at {lab.url}")
+        mark("open lab")
+        phase = "kernel"
+        host = urlparse(server).hostname
+        token = s.cookies.get("_xsrf", domain=host) or ""
+        k = must(s.post(f"{server}/api/kernels", json={"name": "python3"}, headers={"X-XSRFToken": token},
+                        timeout=120), phase, ok=(201,))
+        kernel = k.json()["id"]
+        cookie = s.prepare_request(requests.Request("GET", f"{server}/api/kernels")).headers.get("Cookie", "")
+        # As JupyterLab opens it: a session id, and the XSRF token (a cookie-authenticated websocket needs it).
+        result = run_cell(server.replace("http", "ws", 1) + f"/api/kernels/{kernel}/channels?session_id="
+                          f"{uuid.uuid4().hex}&_xsrf={token}",
+                          [f"Cookie: {cookie}"], timeout)  # websocket-client sends the page's Origin itself
+        if result != EXPECTED:
+            raise Failed(phase, f"the cell gave {result!r}")
+        mark("first result")
+        return {"ok": True, "marks": marks}
+    except Failed as e:
+        return {"ok": False, "phase": e.phase, "cause": e.cause, "marks": marks}
+    except (requests.RequestException, websocket.WebSocketException, OSError, ValueError, KeyError) as e:
+        return {"ok": False, "phase": phase, "cause": f"{type(e).__name__}: {str(e)[:120]}", "marks": marks}
+
+
+def arrivals(n: int, window: float, play) -> list[dict]:
+    """Start play(i) for each i at i * window / n seconds; wait for all (each bounded by its own timeouts)."""
+    results: list[dict | None] = [None] * n
+    t0 = time.perf_counter()
+
+    def one(i):
+        delay = t0 + i * window / max(n, 1) - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        results[i] = play(i)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+# -- the floor: plain docker run ---------------------------------------------------------------
+
+def floor_server(image: str, network: str, name: str, timeout: float) -> dict:
+    token = secrets.token_hex(16)
+    marks = {"start": time.perf_counter()}
+    try:
+        subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "--network", network, "--entrypoint",
+                        "jupyter", image, "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser",
+                        f"--IdentityProvider.token={token}"], check=True, capture_output=True, timeout=120)
+        ip = ""
+        auth = {"Authorization": f"token {token}"}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not ip:
+                nets = json.loads(subprocess.run(["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}",
+                                                  name], capture_output=True, text=True).stdout or "{}")
+                ip = (nets.get(network) or {}).get("IPAddress", "")
+            try:
+                if ip and requests.get(f"http://{ip}:8888/api/status", headers=auth, timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        else:
+            return {"ok": False, "phase": "start", "cause": "no answer", "marks": marks}
+        kernel = requests.post(f"http://{ip}:8888/api/kernels", json={"name": "python3"}, headers=auth,
+                               timeout=120).json()["id"]
+        result = run_cell(f"ws://{ip}:8888/api/kernels/{kernel}/channels", [f"Authorization: token {token}"],
+                          timeout)
+        marks["first result"] = time.perf_counter()
+        return {"ok": result == EXPECTED, "phase": "kernel", "cause": result, "marks": marks}
+    except (subprocess.SubprocessError, requests.RequestException, websocket.WebSocketException, OSError) as e:
+        return {"ok": False, "phase": "start", "cause": f"{type(e).__name__}: {str(e)[:120]}", "marks": marks}
+
+
+# -- what the host sees ------------------------------------------------------------------------
+
+def cgroup(kind: str, cid: str, name: str) -> int | None:
+    try:
+        return int(Path(f"/sys/fs/cgroup/{kind}/docker/{cid}/{name}").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def proc_cpu_rss(pid: int) -> tuple[float, int]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Watcher:
+    """Samples, every second, the hub container's and the proxy's memory and netguard's heartbeat age."""
+
+    def __init__(self, instance: str):
+        self.hub = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", f"{instance}-hub-1"],
+                                  capture_output=True, text=True).stdout.strip()
+        top = subprocess.run(["docker", "top", f"{instance}-hub-1", "-eo", "pid,args"], capture_output=True,
+                             text=True).stdout.splitlines()
+        self.proxy = next((int(line.split()[0]) for line in top if "configurable-http-proxy" in line), None)
+        mount = subprocess.run(["docker", "volume", "inspect", "-f", "{{.Mountpoint}}",
+                                f"{instance}_netguard-state"], capture_output=True, text=True).stdout.strip()
+        self.heartbeat = Path(mount) / "heartbeat.json" if mount else None
+        self.peak = {"hub": 0, "proxy": 0}
+        self.heartbeat_age = 0.0
+        self.stop = threading.Event()
+
+    def cpu(self) -> dict:
+        out = {"hub": (cgroup("cpuacct", self.hub, "cpuacct.usage") or 0) / 1e9}
+        if self.proxy:
+            out["proxy"] = proc_cpu_rss(self.proxy)[0]
+        return out
+
+    def run(self):
+        while not self.stop.wait(1.0):
+            self.peak["hub"] = max(self.peak["hub"], cgroup("memory", self.hub, "memory.usage_in_bytes") or 0)
+            if self.proxy:
+                try:
+                    self.peak["proxy"] = max(self.peak["proxy"], proc_cpu_rss(self.proxy)[1])
+                except OSError:
+                    pass
+            if self.heartbeat:
+                try:
+                    age = time.time() - json.loads(self.heartbeat.read_text())["at"]
+                except (OSError, ValueError, KeyError):
+                    age = float("inf")
+                self.heartbeat_age = max(self.heartbeat_age, age)
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+class Lab:
+    def __init__(self, url: str, token: str, idp: str, instance: str):
+        self.url, self.idp, self.instance = url, idp, instance
+        self.api = requests.Session()
+        self.api.headers["Authorization"] = f"token {token}"
+
+    def roster_api(self, method: str, path: str, **kw) -> requests.Response:
+        # Each service has an origin of its own: roster--service.<lab host>.
+        u = urlparse(self.url)
+        return self.api.request(method, f"{u.scheme}://roster--service.{u.netloc}/services/roster/{path}",
+                                timeout=600, **kw)
+
+    def roster_csv(self, people: list[dict]) -> bytes:
+        out = io.StringIO()
+        w = csv.writer(out)
+        w.writerow(["id", "name", "email", "github", "role"])
+        for p in people:
+            w.writerow([p["id"], p["name"], p["email"], p.get("github") or "", p["role"]])
+        return out.getvalue().encode()
+
+    def enrol(self, students: list[str]) -> list[dict]:
+        """Add the bench students to the roster and the demo provider; the roster as it was."""
+        r = self.roster_api("GET", "api/roster")
+        if r.status_code != 200:
+            sys.exit(f"burst: the roster service answered {r.status_code}: {r.text[:200]}")
+        before = r.json()["people"]
+        for sid in students:
+            claims = {"sub": sid, "preferred_username": f"{sid}@dtu.dk", "name": f"Bench Student {sid[-4:]}",
+                      "email": f"{sid}@student.dtu.dk"}
+            r = requests.put(f"{self.idp}/users/{sid}", json=claims, timeout=30)
+            if r.status_code != 204:
+                sys.exit(f"burst: the demo DTU provider at {self.idp} refused the bench accounts "
+                         f"({r.status_code}); is lab.yaml's auth.demo true?")
+        bench = [{"id": sid, "name": f"Bench Student {sid[-4:]}", "email": f"{sid}@student.dtu.dk",
+                  "role": "student"} for sid in students]
+        r = self.roster_api("POST", "api/import", params={"filename": "bench-roster.csv"},
+                            data=self.roster_csv(before + bench))
+        if r.status_code != 200:
+            sys.exit(f"burst: the roster import was refused: {r.text[:400]}")
+        return before
+
+    def clean_up(self, students: list[str], roster: list[dict]) -> None:
+        for sid in students:
+            self.api.delete(f"{self.url}/hub/api/users/{sid}/server", timeout=120)
+        r = self.roster_api("POST", "api/import", params={"filename": "roster.csv"}, data=self.roster_csv(roster))
+        if r.status_code != 200:
+            print(f"burst: could not put the roster back: {r.text[:400]}", file=sys.stderr)
+        for sid in students:
+            for _ in range(120):
+                got = self.api.get(f"{self.url}/hub/api/users/{sid}", timeout=30)
+                if got.status_code == 404 or not got.json().get("servers"):
+                    break
+                time.sleep(1)
+            self.api.delete(f"{self.url}/hub/api/users/{sid}", timeout=30)
+            subprocess.run(["docker", "volume", "rm", "-f", f"{self.instance}-home-{sid}"], capture_output=True)
+
+
+def summary(label: str, results: list[dict], elapsed: float) -> list[float]:
+    done = [r for r in results if r["ok"]]
+    totals = [r["marks"]["first result"] - r["marks"]["start"] for r in done]
+    print(f"\n{label}: {len(done)} of {len(results)} reached a cell's result in {elapsed:.0f} s")
+    if totals:
+        print(f"  front page to first result   p50 {percentile(totals, 50):6.1f} s   p95 "
+              f"{percentile(totals, 95):6.1f} s   max {max(totals):6.1f} s")
+    phases = ["front page", "login", "spawn", "open lab", "first result"]
+    for a, b in zip(["start"] + phases, phases):
+        spans = [r["marks"][b] - r["marks"][a] for r in done if a in r["marks"] and b in r["marks"]]
+        if spans and len(spans) == len(done) and label.startswith("lab"):
+            print(f"    {b:26s} p50 {percentile(spans, 50):6.1f} s   p95 {percentile(spans, 95):6.1f} s   "
+                  f"max {max(spans):6.1f} s")
+    causes = Counter(f"{r['phase']}: {r['cause']}" for r in results if not r["ok"])
+    for cause, count in causes.most_common():
+        print(f"  FAILED {count:3d}x  {cause}")
+    return totals
+
+
+def server_figures(instance: str, students: list[str]) -> None:
+    mem, cpu = [], []
+    for sid in students:
+        cid = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", f"{instance}-{sid}"], capture_output=True,
+                             text=True).stdout.strip()
+        if not cid:
+            continue
+        stat = Path(f"/sys/fs/cgroup/memory/docker/{cid}/memory.stat")
+        if stat.exists():
+            rss = dict(line.split() for line in stat.read_text().splitlines())
+            mem.append((int(rss["total_rss"]) + int(rss.get("total_shmem", 0))) / 2**20)
+        usage = cgroup("cpuacct", cid, "cpuacct.usage")
+        if usage:
+            cpu.append(usage / 1e9)
+    if mem:
+        print(f"  a student's server, idle with one kernel: memory (RSS) mean {statistics.mean(mem):.0f} MiB,"
+              f" max {max(mem):.0f} MiB; CPU to start and run the cell: mean {statistics.mean(cpu):.1f} s")
+
+
+def main() -> int:
+    env = read_env()
+    tag = env.get("LAB_IMAGE_TAG") or (ROOT / "VERSION").read_text().strip()
+    instance = env.get("LAB_INSTANCE", "mlops-lab")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-n", type=int, default=100, help="students (default 100)")
+    p.add_argument("--window", type=float, default=120, help="seconds over which they arrive (default 120)")
+    p.add_argument("--url", default=os.environ.get("LAB_URL") or f"http://localhost:{env.get('LAB_HTTP_PORT', '8000')}")
+    p.add_argument("--idp", default=f"http://127.0.0.1:{env.get('LAB_IDP_PORT', '9400')}")
+    p.add_argument("--token", default=os.environ.get("LAB_ADMIN_API_TOKEN") or env.get("LAB_ADMIN_API_TOKEN"))
+    p.add_argument("--image", default=f"mlops-lab/course:{tag}")
+    p.add_argument("--network", default=env.get("LAB_NETWORK") or instance)
+    p.add_argument("--instance", default=instance)
+    p.add_argument("--timeout", type=float, default=600, help="per student (default 600 s)")
+    p.add_argument("--no-floor", action="store_true", help="skip the plain docker run floor")
+    p.add_argument("--keep", action="store_true", help="leave the bench students' servers running")
+    a = p.parse_args()
+    if not a.token:
+        p.error("no admin token: set LAB_ADMIN_API_TOKEN in .env (make up creates one) or pass --token")
+    if not 1 <= a.n <= 9999:
+        p.error("-n: between 1 and 9999 students")
+
+    print(f"burst: {a.n} students within {a.window:.0f} s, lab {a.url}, image {a.image}, "
+          f"{os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB",
+          flush=True)
+    run = f"{secrets.randbelow(100):02d}"
+    floor_totals = None
+    if not a.no_floor:
+        names = [f"burst-floor-{run}-{i:04d}" for i in range(a.n)]
+        t0 = time.perf_counter()
+        try:
+            floor = arrivals(a.n, a.window, lambda i: floor_server(a.image, a.network, names[i], a.timeout))
+        finally:
+            subprocess.run(["docker", "rm", "-f", *names], capture_output=True)
+        floor_totals = summary("floor: plain docker run, JupyterLab alone, to the cell's result", floor,
+                               time.perf_counter() - t0)
+
+    lab = Lab(a.url, a.token, a.idp, a.instance)
+    students = [f"s98{run[-1]}{i:03d}" if a.n <= 1000 else f"s9{i:05d}" for i in range(a.n)]
+    roster = lab.enrol(students)
+    watcher = Watcher(a.instance)
+    sampler = threading.Thread(target=watcher.run, daemon=True)
+    try:
+        cpu0 = watcher.cpu()
+        sampler.start()
+        t0 = time.perf_counter()
+        results = arrivals(a.n, a.window, lambda i: play_student(a.url, students[i], a.timeout))
+        elapsed = time.perf_counter() - t0
+        watcher.stop.set()
+        cpu1 = watcher.cpu()
+        logins = sorted(r["marks"]["login"] for r in results if "login" in r["marks"])
+        totals = summary("lab: front page, DTU login, spawn, JupyterLab, kernel, cell", results, elapsed)
+        if len(logins) > 1:
+            print(f"  logins per second: {(len(logins) - 1) / (logins[-1] - logins[0]):.2f} "
+                  f"(arrivals: {a.n / a.window:.2f} per second)")
+        used = {k: cpu1[k] - cpu0.get(k, 0) for k in cpu1}
+        print(f"  hub container (hub, proxy, services): CPU {used['hub']:.0f} s, memory peak "
+              f"{watcher.peak['hub'] / 2**20:.0f} MiB")
+        if "proxy" in used:
+            print(f"  proxy (configurable-http-proxy): CPU {used['proxy']:.0f} s, memory peak "
+                  f"{watcher.peak['proxy'] / 2**20:.0f} MiB")
+        if watcher.heartbeat:
+            from hub.netguard import TOLERANCE
+            print(f"  netguard heartbeat: largest age seen {watcher.heartbeat_age:.1f} s (the hub's tolerance: "
+                  f"{TOLERANCE:.0f} s)")
+        server_figures(a.instance, students)
+        if floor_totals and totals:
+            print(f"\nratio lab/floor: p50 {percentile(totals, 50) / percentile(floor_totals, 50):.2f}x   "
+                  f"p95 {percentile(totals, 95) / percentile(floor_totals, 95):.2f}x")
+        return 0 if all(r["ok"] for r in results) else 1
+    finally:
+        watcher.stop.set()
+        if not a.keep:
+            lab.clean_up(students, roster)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
