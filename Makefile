@@ -1,5 +1,5 @@
 # The MLOps course lab. `make up` runs it, `make test` tests it, `make down` stops it.
-.PHONY: up down roster release collect autograde feedback grades test test-unit test-gpu test-ansible build bench bench-autograde help
+.PHONY: up down roster release collect autograde feedback grades test test-unit test-gpu test-ansible build bench bench-autograde bench-burst help
 
 help:
 	@echo "make up      build what is missing, start the lab, print its URL and how to log in"
@@ -15,6 +15,7 @@ help:
 	@echo "make test-gpu  on a GPU host: spawn a GPU server through the hub and train on it"
 	@echo "make bench   bench/spawn.py against the running lab"
 	@echo "make bench-autograde [M=40]  bench/autograde.py: our sandboxed parallel grader vs nbgrader's serial autograde"
+	@echo "make bench-burst [N=100] [WINDOW=120]  bench/burst.py: N students log in and start servers within WINDOW seconds"
 
 up:
 	bash scripts/up.sh
@@ -63,3 +64,7 @@ bench:
 bench-autograde:
 	bash scripts/test.sh setup
 	.venv/bin/python bench/autograde.py -m $(or $(M),40)
+
+bench-burst:
+	bash scripts/test.sh setup
+	.venv/bin/python bench/burst.py -n $(or $(N),100) --window $(or $(WINDOW),120)

@@ -83,7 +83,8 @@ class Failed(Exception):
 
 def must(r: requests.Response, phase: str, ok=(200,)) -> requests.Response:
     if r.status_code not in ok:
-        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", r.text))[:160]
+        page = re.sub(r"(?s)<(head|script|style|nav)\b.*?</\1>", " ", r.text)  # what the page says, not its code
+        text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page))[:160]
         raise Failed(phase, f"HTTP {r.status_code} at {urlparse(r.url).path}: {text.strip()}")
     return r
 
@@ -257,21 +258,15 @@ def cgroup(kind: str, cid: str, name: str) -> int | None:
         return None
 
 
-def proc_cpu_rss(pid: int) -> tuple[float, int]:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / tick, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+def container_id(name: str) -> str:
+    return subprocess.run(["docker", "inspect", "-f", "{{.Id}}", name], capture_output=True, text=True).stdout.strip()
 
 
 class Watcher:
-    """Samples, every second, the hub container's and the proxy's memory and netguard's heartbeat age."""
+    """Samples, every second, the hub's and the proxy's containers' memory and netguard's heartbeat age."""
 
     def __init__(self, instance: str):
-        self.hub = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", f"{instance}-hub-1"],
-                                  capture_output=True, text=True).stdout.strip()
-        top = subprocess.run(["docker", "top", f"{instance}-hub-1", "-eo", "pid,args"], capture_output=True,
-                             text=True).stdout.splitlines()
-        self.proxy = next((int(line.split()[0]) for line in top if "configurable-http-proxy" in line), None)
+        self.ids = {"hub": container_id(f"{instance}-hub-1"), "proxy": container_id(f"{instance}-proxy-1")}
         mount = subprocess.run(["docker", "volume", "inspect", "-f", "{{.Mountpoint}}",
                                 f"{instance}_netguard-state"], capture_output=True, text=True).stdout.strip()
         self.heartbeat = Path(mount) / "heartbeat.json" if mount else None
@@ -280,19 +275,13 @@ class Watcher:
         self.stop = threading.Event()
 
     def cpu(self) -> dict:
-        out = {"hub": (cgroup("cpuacct", self.hub, "cpuacct.usage") or 0) / 1e9}
-        if self.proxy:
-            out["proxy"] = proc_cpu_rss(self.proxy)[0]
-        return out
+        return {k: (cgroup("cpuacct", cid, "cpuacct.usage") or 0) / 1e9 for k, cid in self.ids.items() if cid}
 
     def run(self):
         while not self.stop.wait(1.0):
-            self.peak["hub"] = max(self.peak["hub"], cgroup("memory", self.hub, "memory.usage_in_bytes") or 0)
-            if self.proxy:
-                try:
-                    self.peak["proxy"] = max(self.peak["proxy"], proc_cpu_rss(self.proxy)[1])
-                except OSError:
-                    pass
+            for k, cid in self.ids.items():
+                if cid:
+                    self.peak[k] = max(self.peak[k], cgroup("memory", cid, "memory.usage_in_bytes") or 0)
             if self.heartbeat:
                 try:
                     age = time.time() - json.loads(self.heartbeat.read_text())["at"]
@@ -454,10 +443,10 @@ def main() -> int:
             print(f"  logins per second: {(len(logins) - 1) / (logins[-1] - logins[0]):.2f} "
                   f"(arrivals: {a.n / a.window:.2f} per second)")
         used = {k: cpu1[k] - cpu0.get(k, 0) for k in cpu1}
-        print(f"  hub container (hub, proxy, services): CPU {used['hub']:.0f} s, memory peak "
+        print(f"  hub container (hub and its services): CPU {used['hub']:.0f} s, memory peak "
               f"{watcher.peak['hub'] / 2**20:.0f} MiB")
         if "proxy" in used:
-            print(f"  proxy (configurable-http-proxy): CPU {used['proxy']:.0f} s, memory peak "
+            print(f"  proxy container (configurable-http-proxy): CPU {used['proxy']:.0f} s, memory peak "
                   f"{watcher.peak['proxy'] / 2**20:.0f} MiB")
         if watcher.heartbeat:
             from hub.netguard import TOLERANCE

@@ -13,6 +13,8 @@ from urllib.parse import urlparse
 from jupyterhub.utils import subdomain_hook_idna
 
 from .profiles import profiles_from_settings
+from .proxy import API_PORT as PROXY_API_PORT
+from .proxy import AUTH_TOKEN, SYNC_TOKEN
 from .roster import ROLE_GROUPS
 from .settings import Settings
 from .spawner import DOCKER_SAFE_USERNAME, docker_name
@@ -22,12 +24,27 @@ GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 HOME = "/home/jovyan"
 
 
-def apply(c, settings: Settings) -> None:
-    """Set every part of the hub's configuration from ``settings``."""
+def apply(c, settings: Settings, proxy_tokens: dict[str, str] | None = None) -> None:
+    """Set every part of the hub's configuration from ``settings``; ``proxy_tokens`` are the
+    proxy's API token and the proxy-sync service's (``hub.proxy.ensure_tokens``, in the hub)."""
     update_hub(c, settings)
+    update_proxy(c, proxy_tokens)
     update_auth(c, settings)
     update_spawner(c, settings)
     update_services(c, settings)
+    if proxy_tokens:
+        # The proxy asks the hub for every route when it (re)starts: this service's only right.
+        c.JupyterHub.services.append({"name": "proxy-sync", "api_token": proxy_tokens[SYNC_TOKEN]})
+        c.JupyterHub.load_roles.append({"name": "proxy-sync", "scopes": ["proxy"], "services": ["proxy-sync"]})
+
+
+def update_proxy(c, tokens: dict[str, str] | None) -> None:
+    """configurable-http-proxy runs in the proxy container (hub.proxy), not started by the hub, so a
+    hub restart leaves students' connections open."""
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = f"http://proxy:{PROXY_API_PORT}"
+    if tokens:
+        c.ConfigurableHTTPProxy.auth_token = tokens[AUTH_TOKEN]
 
 
 def update_hub(c, settings: Settings) -> None:
@@ -230,6 +247,7 @@ def update_spawner(c, settings: Settings) -> None:
     s.mem_limit = settings.get("spawner.mem_limit")
     s.cpu_limit = float(settings.get("spawner.cpu_limit"))
     s.start_timeout = settings.get("spawner.start_timeout")
+    s.starts_at_once = settings.get("spawner.starts_at_once")
     s.http_timeout = settings.get("spawner.http_timeout")
     s.default_url = "/lab"
     env = {}
@@ -237,12 +255,11 @@ def update_spawner(c, settings: Settings) -> None:
     if settings.get("network.isolate"):
         # Direct connections are rejected by netguard; the egress proxy lets allowed hosts through.
         proxy = "http://egress:3128"
-        no_proxy = "hub,localhost,127.0.0.1"
+        no_proxy = "hub,proxy,localhost,127.0.0.1"
         env.update({"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy, "http_proxy": proxy, "https_proxy": proxy,
                     "NO_PROXY": no_proxy, "no_proxy": no_proxy})
     # The Assignments panel's exchange: the course service, through the proxy, with this server's token.
-    hub_host = urlparse(settings.env["LAB_HUB_CONNECT_URL"]).hostname or "hub"
-    env["LAB_COURSE_URL"] = f"http://{hub_host}:8000/services/course/"
+    env["LAB_COURSE_URL"] = "http://proxy:8000/services/course/"
     # The proxy routes by host name: the course service's own, sent as the Host header.
     env["LAB_COURSE_HOST"] = service_host(settings, "course")
     env.update(settings.get("spawner.environment"))
@@ -300,7 +317,7 @@ def update_services(c, settings: Settings) -> None:
     # GPU hours for staff (admins, and the lab-admin token).
     services.append({
         "name": "gpu-usage",
-        "url": "http://127.0.0.1:10101",
+        "url": service_bind_url(settings, 10101),
         "command": [sys.executable, "-m", "hub.services.gpu_usage"],
         "environment": settings.process_environment(),
         "oauth_no_confirm": True,
@@ -309,7 +326,7 @@ def update_services(c, settings: Settings) -> None:
     # The roster: import (API and `make roster`), and keeping hub users and groups in step with it.
     services.append({
         "name": "roster",
-        "url": "http://127.0.0.1:10102",
+        "url": service_bind_url(settings, 10102),
         "command": [sys.executable, "-m", "hub.services.roster"],
         # GitHub logins are linked by GitHub's numeric id, looked up here at import (with the token).
         "environment": settings.process_environment("LAB_GITHUB_API_TOKEN"),
@@ -338,6 +355,13 @@ def update_services(c, settings: Settings) -> None:
     c.JupyterHub.load_roles = roles
 
 
+def service_bind_url(settings: Settings, port: int) -> str:
+    """Where a hub-managed service listens: the hub container's address on the lab network, which
+    the proxy (a container of its own) routes to. Netguard lets students reach only the hub's
+    8081 there, never these ports."""
+    return f"http://{urlparse(settings.env['LAB_HUB_CONNECT_URL']).hostname or 'hub'}:{port}"
+
+
 def course_services(settings: Settings) -> list[dict]:
     """The course service (exchange, calendar, grading jobs, dashboard, export), the sandbox
     runner, and the formgrader for staff; the course service and the formgrader appear in the
@@ -348,7 +372,7 @@ def course_services(settings: Settings) -> list[dict]:
         {
             # As the grader user, who owns the course volume: nothing here runs as root.
             "name": "course",
-            "url": "http://127.0.0.1:10103",
+            "url": service_bind_url(settings, 10103),
             "command": [sys.executable, "-m", "hub.course.service"],
             "user": "grader",
             "cwd": str(root),
@@ -364,7 +388,7 @@ def course_services(settings: Settings) -> list[dict]:
         },
         {
             "name": "formgrader",
-            "url": "http://127.0.0.1:10105",
+            "url": service_bind_url(settings, 10105),
             "command": ["jupyterhub-singleuser"],
             "user": "grader",
             "cwd": "/srv/lab/formgrader",

@@ -6,13 +6,13 @@ relies on Kubernetes NetworkPolicies), so this small service of ours writes ipta
 the lab's bridge, in chains of its own hooked into DOCKER-USER (forwarded traffic) and INPUT
 (traffic to the host itself). From a student container only these pass:
 
-- the hub's proxy (8000) and API (8081);
+- the proxy (8000; not its API, 8001) and the hub's API (8081);
 - the egress proxy (3128), which lets through only the operator's allowed hosts;
 - replies to connections others opened.
 
 Everything else is rejected: other students' servers, the demo identity provider, the host's
-services (Docker's TCP API included), cloud metadata (169.254.169.254) and the internet. The hub
-and the egress proxy themselves are not restricted. Rules are recomputed every few seconds
+services (Docker's TCP API included), cloud metadata (169.254.169.254) and the internet. The hub,
+the proxy and the egress proxy themselves are not restricted. Rules are recomputed every few seconds
 from the running containers (their addresses change on restart) and removed on stop. With no
 hub found, students get nothing at all (fail closed).
 
@@ -40,7 +40,7 @@ import time
 
 # docker and the settings are imported where they are used, not here.
 
-HUB_PORTS = (8000, 8081)
+HUB_PORT, PROXY_PORT = 8081, 8000
 EGRESS_PORT = 3128
 # The heartbeat: written (atomically) every BEAT seconds while the rules read back from the
 # kernel are the ones applied. On the volume netguard shares with the hub (read-only there).
@@ -58,7 +58,8 @@ def chain_names(instance: str) -> tuple[str, str]:
     return f"LAB-FWD-{tag}", f"LAB-IN-{tag}"
 
 
-def render_rules(fwd: str, inp: str, hub: str | None, egress: str | None, isolate: bool) -> str:
+def render_rules(fwd: str, inp: str, hub: str | None, egress: str | None, isolate: bool,
+                 proxy: str | None = None) -> str:
     """The iptables-restore input for our two chains."""
     lines = ["*filter", f":{fwd} - [0:0]", f":{inp} - [0:0]"]
     for chain in (fwd, inp):
@@ -66,13 +67,14 @@ def render_rules(fwd: str, inp: str, hub: str | None, egress: str | None, isolat
         if not isolate:
             lines.append(f"-A {chain} -j RETURN")
             continue
-        for trusted in (hub, egress):
+        for trusted in (hub, proxy, egress):
             if trusted:
                 lines.append(f"-A {chain} -s {trusted}/32 -j RETURN")
     if isolate:
         if hub:
-            for port in HUB_PORTS:
-                lines.append(f"-A {fwd} -d {hub}/32 -p tcp --dport {port} -j RETURN")
+            lines.append(f"-A {fwd} -d {hub}/32 -p tcp --dport {HUB_PORT} -j RETURN")
+        if proxy:
+            lines.append(f"-A {fwd} -d {proxy}/32 -p tcp --dport {PROXY_PORT} -j RETURN")
         if egress:
             lines.append(f"-A {fwd} -d {egress}/32 -p tcp --dport {EGRESS_PORT} -j RETURN")
         for chain in (fwd, inp):
@@ -147,12 +149,12 @@ class Guard:
         except subprocess.CalledProcessError as e:  # a chain deleted
             return f"unreadable: {e.stderr}"
 
-    def discover(self) -> tuple[str | None, str | None, str | None]:
-        """(bridge name, hub IP, egress IP) of this lab, from Docker."""
+    def discover(self) -> tuple[str | None, dict[str, str]]:
+        """(bridge name, {service: IP} of the hub, proxy and egress) of this lab, from Docker."""
         try:
             net = self.client.networks.get(self.network)
         except self.errors.NotFound:
-            return None, None, None
+            return None, {}
         attrs = net.attrs
         bridge = (attrs.get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{attrs['Id'][:12]}"
         ips = {}
@@ -163,16 +165,16 @@ class Guard:
             endpoint = container.attrs["NetworkSettings"]["Networks"].get(self.network)
             if service and endpoint and endpoint.get("IPAddress"):
                 ips[service] = str(ipaddress.ip_address(endpoint["IPAddress"]))
-        return bridge, ips.get("hub"), ips.get("egress")
+        return bridge, {k: v for k, v in ips.items() if k in ("hub", "proxy", "egress")}
 
     def apply_once(self) -> None:
-        bridge, hub, egress = self.discover()
+        bridge, ips = self.discover()
         if bridge is not None:
-            self.apply(bridge, hub, egress)
+            self.apply(bridge, ips.get("hub"), ips.get("egress"), ips.get("proxy"))
 
-    def apply(self, bridge: str, hub: str | None, egress: str | None) -> None:
+    def apply(self, bridge: str, hub: str | None, egress: str | None, proxy: str | None = None) -> None:
         """Put the rules for these addresses in force, unless the kernel already shows them."""
-        rules = render_rules(self.fwd, self.inp, hub, egress, self.isolate)
+        rules = render_rules(self.fwd, self.inp, hub, egress, self.isolate, proxy)
         key = bridge + rules
         with self.lock:
             expected = self.in_force if key == self.applied else None
@@ -182,7 +184,7 @@ class Guard:
         subprocess.run(["iptables-restore", "-w", "--noflush"], input=rules, text=True, check=True,
                        capture_output=True)
         if key != self.applied:
-            print(f"[netguard] {self.network} ({bridge}): hub {hub or '-'}, egress {egress or '-'};"
+            print(f"[netguard] {self.network} ({bridge}): hub {hub or '-'}, proxy {proxy or '-'}, egress {egress or '-'};"
                   f" students {'isolated' if self.isolate else 'not isolated (network.isolate: false)'}",
                   flush=True)
         ensure_jump("DOCKER-USER", bridge, self.fwd)

@@ -117,7 +117,7 @@ DEFAULTS: dict[str, Any] = {
     "hub": {
         "log_level": "INFO",
         "db_url": "sqlite:////srv/jupyterhub/jupyterhub.sqlite",
-        "concurrent_spawn_limit": 20,
+        "concurrent_spawn_limit": 500,
         "active_server_limit": 0,
     },
     "auth": {
@@ -158,6 +158,7 @@ DEFAULTS: dict[str, Any] = {
         "shm_size": "1G",
         "start_timeout": 180,
         "http_timeout": 120,
+        "starts_at_once": 0,
         "home_volume": "{instance}-home-{username}",
         "environment": {},
     },
@@ -243,7 +244,8 @@ SCHEMA: dict[str, Any] = {
                            "title": "hub database, SQLite on the `hub-state` volume (the hub image has no other "
                                     "database driver yet)"},
                 "concurrent_spawn_limit": {"type": "integer", "minimum": 0,
-                                           "title": "servers starting at once (0: no limit)"},
+                                           "title": "servers starting or waiting to start at once; beyond it "
+                                                    "students are told to try again in a minute (0: no limit)"},
                 "active_server_limit": {"type": "integer", "minimum": 0,
                                         "title": "servers running at once (0: no limit)"},
             },
@@ -330,6 +332,9 @@ SCHEMA: dict[str, Any] = {
                              "title": "`/dev/shm` size (PyTorch DataLoader workers need more than Docker's 64M)"},
                 "start_timeout": {"type": "integer", "minimum": 10, "title": "seconds for a container to start"},
                 "http_timeout": {"type": "integer", "minimum": 10, "title": "seconds for its server to answer"},
+                "starts_at_once": {"type": "integer", "minimum": 0,
+                                   "title": "servers started at a time; others wait in line, in order, and see "
+                                            "their place (0: two per CPU core of the host, at least 4)"},
                 "home_volume": {
                     "type": "string",
                     "pattern": r"\{username\}",

@@ -10,9 +10,10 @@ if ! docker info >/dev/null 2>&1; then
   echo "[down] no Docker engine answers: nothing is running" >&2
   exit 0
 fi
-docker compose --profile demo down
+# Students' servers first: the lab's network cannot be removed while they are on it.
 ids=$(docker ps -aq --filter "label=mlops-lab.instance=$instance")
 if [ -n "$ids" ]; then
   docker rm -f $ids >/dev/null
   echo "[down] stopped $(echo "$ids" | wc -w) student server(s); their homes are kept"
 fi
+docker compose --profile demo down

@@ -201,6 +201,10 @@ class Lab:
     def restart_hub(self, timeout: float = 120) -> None:
         """Restart the hub's container; return once the hub and its services answer again."""
         self.compose("restart", "hub")
+        self.wait_hub(timeout)
+
+    def wait_hub(self, timeout: float = 120) -> None:
+        """Return once the hub and its services answer."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:

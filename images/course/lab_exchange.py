@@ -31,7 +31,7 @@ IGNORE = {".ipynb_checkpoints", "__pycache__", "feedback", ".DS_Store"}
 
 
 class LabExchangeClient(Exchange):
-    url = Unicode(os.environ.get("LAB_COURSE_URL", "http://hub:8000/services/course/"),
+    url = Unicode(os.environ.get("LAB_COURSE_URL", "http://proxy:8000/services/course/"),
                   help="The course service, as this server reaches it.").tag(config=True)
     host = Unicode(os.environ.get("LAB_COURSE_HOST", ""),
                    help="The course service's host name: the proxy routes by it (every service has its own).").tag(config=True)

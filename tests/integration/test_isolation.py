@@ -94,7 +94,8 @@ def hub_container(lab):
 
 
 def test_blocked_targets_fail_and_the_hub_answers(lab, two_containers, host_service):
-    """From a student: the hub's API and proxy answer; another student, the IdP, the host, metadata do not."""
+    """From a student: the hub's API and the proxy answer; the proxy's API, another student, the IdP,
+    the host, metadata do not."""
     me, other = two_containers
     network = lab.instance
     gateway = docker_json("network", "inspect", network)[0]["IPAM"]["Config"][0]["Gateway"]
@@ -103,22 +104,23 @@ def test_blocked_targets_fail_and_the_hub_answers(lab, two_containers, host_serv
     # Controls: each target really listens (seen from the host or from the hub's container).
     with socket.create_connection(("127.0.0.1", host_service), timeout=5):
         pass
-    control = probe(hub_container(lab), {"other": ["tcp", other_ip, 8888], "idp": ["tcp", idp_ip, 9400]})
-    assert control == {"other": "open", "idp": "open"}
+    control = probe(hub_container(lab), {"other": ["tcp", other_ip, 8888], "idp": ["tcp", idp_ip, 9400],
+                                         "chp_api": ["tcp", "proxy", 8001]})
+    assert control == {"other": "open", "idp": "open", "chp_api": "open"}
     # The student's view.
     token = docker_json("inspect", me)[0]["Config"]["Env"]
     token = next(e.split("=", 1)[1] for e in token if e.startswith("JUPYTERHUB_API_TOKEN="))
     seen = probe(me, {
         "hub_api": ["http", "http://hub:8081/hub/api/user", None, token],
-        "hub_proxy": ["http", "http://hub:8000/hub/health"],
+        "proxy": ["http", "http://proxy:8000/hub/health"],
         "other_student": ["tcp", other_ip, 8888],
         "idp": ["tcp", idp_ip, 9400],
         "host_service": ["tcp", gateway, host_service],
         "docker_tcp_api": ["tcp", gateway, 2375],
-        "chp_api": ["tcp", "hub", 8001],
+        "chp_api": ["tcp", "proxy", 8001],
     })
     assert seen["hub_api"] == 200
-    assert seen["hub_proxy"] == 200
+    assert seen["proxy"] == 200
     for target in ("other_student", "idp", "host_service", "docker_tcp_api", "chp_api"):
         assert seen[target] == "refused", (target, seen[target])
     # Traffic off this machine is probed only once this lab's own chain ends in REJECT, so a

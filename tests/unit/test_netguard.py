@@ -20,12 +20,12 @@ SCRIPT = textwrap.dedent("""
     g = netguard.Guard("lab-x", "lab-x", isolate=True, client=object())
     seen = {}
     seen["before apply"] = g.beat()
-    g.apply("br-test", "172.30.0.2", "172.30.0.3")
+    g.apply("br-test", "172.30.0.2", "172.30.0.3", "172.30.0.4")
     seen["applied"] = g.beat() and json.load(open(netguard.HEARTBEAT))["network"]
     # Someone removes the jump into our chain (what a Docker or firewall restart can do).
     subprocess.run(["iptables", "-D", "DOCKER-USER", "-i", "br-test", "-j", g.fwd], check=True)
     seen["jump removed"] = [g.beat(), os.path.exists(netguard.HEARTBEAT), g.reapply.is_set()]
-    g.apply("br-test", "172.30.0.2", "172.30.0.3")
+    g.apply("br-test", "172.30.0.2", "172.30.0.3", "172.30.0.4")
     seen["applied again"] = g.beat()
     # A rule flushed from our own chain.
     subprocess.run(["iptables", "-F", g.inp], check=True)

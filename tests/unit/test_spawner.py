@@ -183,7 +183,7 @@ def test_course_services_their_access_and_the_student_token(tmp_path):
     c = config_for(tmp_path, "grading:\n  workers: 3\n  mem_limit: 2G\n", LAB_ADMIN_API_TOKEN=TOKEN)
     services = {s["name"]: s for s in c.JupyterHub.services}
     course, formgrader, sandbox = services["course"], services["formgrader"], services["sandbox"]
-    assert course["url"] == "http://127.0.0.1:10103" and course["user"] == "grader"
+    assert course["url"] == "http://hub:10103" and course["user"] == "grader"
     assert "user" not in sandbox and "url" not in sandbox  # root (it starts containers), not proxied
     # Each service loads the same settings from lab.yaml, not a copy of some of them.
     assert service_settings(sandbox).get("grading.workers") == 3 and service_settings(sandbox).grading_workers == 3
@@ -201,7 +201,7 @@ def test_course_services_their_access_and_the_student_token(tmp_path):
     for staff in ("course-instructor", "course-ta"):
         assert "access:services!service=formgrader" in roles[staff]["scopes"]
     assert "access:services!service=course" in c.CourseSpawner.server_token_scopes
-    assert c.CourseSpawner.environment["LAB_COURSE_URL"] == "http://hub:8000/services/course/"
+    assert c.CourseSpawner.environment["LAB_COURSE_URL"] == "http://proxy:8000/services/course/"
 
 
 def test_postgres_gradebook_url_reaches_grading_only_from_the_environment(tmp_path):
@@ -274,3 +274,67 @@ def test_student_servers_and_services_each_get_their_own_origin(tmp_path):
         "https://formgrader--service.lab.example.dk/services/formgrader/"
     local = config_for(tmp_path)
     assert local.JupyterHub.subdomain_host == "http://localhost:8000"
+
+
+def test_the_proxy_runs_apart_and_the_hub_gives_it_its_tokens(tmp_path):
+    """configurable-http-proxy is not started by the hub; its API token and the route-sync
+    service's token come from the volume the two share, made once and kept."""
+    from hub.proxy import ensure_tokens
+
+    first = ensure_tokens(tmp_path)
+    assert ensure_tokens(tmp_path) == first and len(set(first.values())) == 2
+    assert all(oct((tmp_path / name).stat().st_mode)[-3:] == "600" for name in first)
+    c = Config()
+    apply(c, load_settings(tmp_path / "missing.yaml", environ={"LAB_COURSE_IMAGE": "mlops-lab/course:9.9.9"}),
+          proxy_tokens=first)
+    assert c.ConfigurableHTTPProxy.should_start is False
+    assert c.ConfigurableHTTPProxy.api_url == "http://proxy:8001"
+    assert c.ConfigurableHTTPProxy.auth_token == first["auth-token"]
+    sync = next(s for s in c.JupyterHub.services if s["name"] == "proxy-sync")
+    assert sync == {"name": "proxy-sync", "api_token": first["sync-token"]}
+    assert {"name": "proxy-sync", "scopes": ["proxy"], "services": ["proxy-sync"]} in c.JupyterHub.load_roles
+
+
+def test_servers_start_a_few_at_a_time_and_the_rest_wait_in_order():
+    """The start queue: at most `size` start at once; the others wait in arrival order, know their
+    place, and a waiter that gives up leaves the line without holding a place."""
+    import asyncio
+
+    from hub.spawner import StartQueue
+
+    async def scenario():
+        q = StartQueue(2)
+        await q.enter("a")
+        await q.enter("b")
+        started = []
+
+        async def wait(name):
+            await q.enter(name)
+            started.append(name)
+
+        waiters = {n: asyncio.create_task(wait(n)) for n in ("c", "d", "e")}
+        await asyncio.sleep(0)
+        assert q.starting == {"a", "b"} and [q.ahead_of(n) for n in "cde"] == [0, 1, 2]
+        waiters["d"].cancel()
+        await asyncio.sleep(0)
+        assert q.ahead_of("d") is None and q.ahead_of("e") == 1
+        q.leave("a")
+        await asyncio.sleep(0)
+        assert started == ["c"] and q.starting == {"b", "c"}
+        q.leave("b")
+        q.leave("b")  # twice: no second place freed
+        await asyncio.sleep(0)
+        assert started == ["c", "e"] and q.starting == {"c", "e"} and not q.waiting
+        q.leave("c")
+        q.leave("e")
+        await asyncio.wait_for(q.enter("f"), 1)  # places free and nobody waiting: no wait
+        await asyncio.wait_for(q.enter("g"), 1)
+        assert q.starting == {"f", "g"}
+
+    asyncio.run(scenario())
+
+
+def test_start_queue_size_comes_from_the_settings(tmp_path):
+    c = config_for(tmp_path, "spawner:\n  starts_at_once: 3\n")
+    assert c.CourseSpawner.starts_at_once == 3
+    assert config_for(tmp_path).CourseSpawner.starts_at_once == 0
