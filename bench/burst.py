@@ -220,7 +220,7 @@ def floor_server(image: str, network: str, name: str, timeout: float) -> dict:
     token = secrets.token_hex(16)
     marks = {"start": time.perf_counter()}
     try:
-        subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "--network", network, "--entrypoint",
+        subprocess.run(["docker", "run", "-d", "--name", name, "--network", network, "--entrypoint",
                         "jupyter", image, "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser",
                         f"--IdentityProvider.token={token}"], check=True, capture_output=True, timeout=120)
         ip = ""
@@ -314,7 +314,11 @@ class Lab:
 
     def enrol(self, students: list[str]) -> list[dict]:
         """Add the bench students to the roster and the demo provider; the roster as it was."""
-        r = self.roster_api("GET", "api/roster")
+        for _ in range(60):  # the hub may still be starting its services
+            r = self.roster_api("GET", "api/roster")
+            if r.status_code not in (502, 503):
+                break
+            time.sleep(2)
         if r.status_code != 200:
             sys.exit(f"burst: the roster service answered {r.status_code}: {r.text[:200]}")
         before = r.json()["people"]

@@ -22,6 +22,7 @@ from .spawner import DOCKER_SAFE_USERNAME, docker_name
 DEMO_CLIENT_ID = "mlops-lab"
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 HOME = "/home/jovyan"
+SERVICE_START_TIMEOUT = 300  # seconds a managed service may take to answer when the hub starts
 
 
 def apply(c, settings: Settings, proxy_tokens: dict[str, str] | None = None) -> None:
@@ -351,6 +352,11 @@ def update_services(c, settings: Settings) -> None:
                        "access:services"],
             "services": ["lab-admin"],
         })
+    for service in services:
+        if "command" in service and "url" in service:
+            # JupyterHub gives up (and exits) when a managed service does not answer within 30 s;
+            # on a host busy starting a class's servers the formgrader alone can take longer.
+            service.setdefault("timeout", SERVICE_START_TIMEOUT)
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
 

@@ -338,3 +338,10 @@ def test_start_queue_size_comes_from_the_settings(tmp_path):
     c = config_for(tmp_path, "spawner:\n  starts_at_once: 3\n")
     assert c.CourseSpawner.starts_at_once == 3
     assert config_for(tmp_path).CourseSpawner.starts_at_once == 0
+
+
+def test_managed_services_may_start_slowly_on_a_busy_host(tmp_path):
+    """JupyterHub exits when a managed service does not answer in time; ours get 300 s, not 30."""
+    services = {s["name"]: s for s in config_for(tmp_path).JupyterHub.services}
+    for name in ("course", "formgrader", "roster", "gpu-usage"):
+        assert services[name]["timeout"] == 300, name
