@@ -203,14 +203,19 @@ class Lab:
         self.compose("restart", "hub")
         self.wait_hub(timeout)
 
+    def services_answer(self) -> bool:
+        """The hub's services, each through the proxy. The proxy answers for the hub as soon as
+        the hub's API is up, while the hub still starts its services one by one."""
+        return self.session.get(f"{self.service_url('gpu-usage')}/?format=json", timeout=5).ok and \
+            self.session.get(f"{self.service_url('roster')}/api/roster", timeout=5).ok and \
+            self.course("GET", "api/status").ok
+
     def wait_hub(self, timeout: float = 120) -> None:
         """Return once the hub and its services answer."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if requests.get(f"{self.url}/hub/health", timeout=2).ok and \
-                        self.session.get(f"{self.service_url('gpu-usage')}/?format=json", timeout=5).ok and \
-                        self.session.get(f"{self.service_url('roster')}/api/roster", timeout=5).ok:
+                if requests.get(f"{self.url}/hub/health", timeout=2).ok and self.services_answer():
                     return
             except requests.RequestException:
                 pass
@@ -343,8 +348,9 @@ def lab(tmp_path_factory, lab_settings) -> Lab:
                 raise AssertionError("test lab did not come up:\n" + lab.compose("logs", "--tail", "60").stdout)
             time.sleep(1)
         lab.wait_netguard_healthy()
+        lab.wait_hub(timeout=300)  # every service up, not only the hub's API
         deadline = time.monotonic() + 60
-        while (r := lab.import_roster(TEST_ROSTER)).status_code != 200:  # the roster service starts last
+        while (r := lab.import_roster(TEST_ROSTER)).status_code != 200:
             if time.monotonic() > deadline:
                 raise AssertionError(f"roster import failed: {r.status_code} {r.text}")
             time.sleep(1)
