@@ -205,10 +205,12 @@ class Lab:
 
     def services_answer(self) -> bool:
         """The hub's services, each through the proxy. The proxy answers for the hub as soon as
-        the hub's API is up, while the hub still starts its services one by one."""
+        the hub's API is up, while the hub still starts its services one by one. A service that
+        answers at all counts (a test may have made the course service's status fail on purpose);
+        502 to 504 are the proxy's and the hub's answers for a service not up yet."""
         return self.session.get(f"{self.service_url('gpu-usage')}/?format=json", timeout=5).ok and \
             self.session.get(f"{self.service_url('roster')}/api/roster", timeout=5).ok and \
-            self.course("GET", "api/status").ok
+            self.course("GET", "api/status").status_code not in (502, 503, 504)
 
     def wait_hub(self, timeout: float = 120) -> None:
         """Return once the hub and its services answer."""

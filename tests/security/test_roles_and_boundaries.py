@@ -114,11 +114,13 @@ def test_the_grader_cannot_lead_root_through_a_link(course):
 
 def test_demo_providers_listen_where_the_lab_does(course):
     """LAB_HTTP_BIND=127.0.0.1 (as the test lab and Ansible hosts set it): the demo DTU and GitHub
-    providers are published on the loopback address only, like the lab itself."""
-    for service in ("hub", "idp"):
+    providers are published on the loopback address only, like the lab itself (its proxy); the
+    hub publishes nothing."""
+    for service in ("proxy", "idp"):
         ports = docker("port", f"{INSTANCE}-{service}-1").split("\n")
         bound = [line.split(" -> ")[1] for line in ports if " -> " in line]
         assert bound and all(b.startswith("127.0.0.1:") for b in bound), (service, bound)
+    assert docker("port", f"{INSTANCE}-hub-1").strip() == ""
 
 
 def test_a_cas_ticket_cannot_be_planted_in_someone_elses_browser(course, browser):  # noqa: F811
