@@ -96,9 +96,8 @@ def main() -> None:
     hub = os.environ.get("LAB_HUB_API_URL", "http://hub:8081/hub/api")
     cmd = ["configurable-http-proxy", "--ip", "0.0.0.0", "--port", str(PORT),
            "--api-ip", "0.0.0.0", "--api-port", str(API_PORT),
-           "--error-target", hub.rsplit("/api", 1)[0] + "/error", "--log-level", "info"]
-    if os.environ.get("LAB_PROXY_HOST_ROUTING", "1") == "1":
-        cmd.append("--host-routing")  # every student's server on its own origin (subdomain_host)
+           "--error-target", hub.rsplit("/api", 1)[0] + "/error", "--log-level", "info",
+           "--host-routing"]  # every student's server on its own origin (the hub's subdomain_host)
     proxy = subprocess.Popen(cmd, env=dict(os.environ, CONFIGPROXY_AUTH_TOKEN=tokens[AUTH_TOKEN]))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda s, _f: proxy.send_signal(s))
