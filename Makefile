@@ -1,5 +1,5 @@
 # The MLOps course lab. `make up` runs it, `make test` tests it, `make down` stops it.
-.PHONY: up down roster release collect autograde feedback grades test test-unit test-gpu test-ansible build bench bench-autograde bench-burst help
+.PHONY: up down roster release collect autograde feedback grades test test-unit test-gpu test-ansible build bench bench-autograde bench-burst bench-burst-mini help
 
 help:
 	@echo "make up      build what is missing, start the lab, print its URL and how to log in"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench   bench/spawn.py against the running lab"
 	@echo "make bench-autograde [M=40]  bench/autograde.py: our sandboxed parallel grader vs nbgrader's serial autograde"
 	@echo "make bench-burst [N=100] [WINDOW=120]  bench/burst.py: N students log in and start servers within WINDOW seconds"
+	@echo "make bench-burst-mini [N=300] [WINDOW=300]  the same with minimal servers: the hub, proxy and spawner under load"
 
 up:
 	bash scripts/up.sh
@@ -68,3 +69,7 @@ bench-autograde:
 bench-burst:
 	bash scripts/test.sh setup
 	.venv/bin/python bench/burst.py -n $(or $(N),100) --window $(or $(WINDOW),120)
+
+bench-burst-mini:
+	bash scripts/test.sh setup
+	bash scripts/bench-burst-mini.sh $(or $(N),300) $(or $(WINDOW),300)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The 9:00 burst: N students open the lab within a few minutes, played the way browsers do.
 
-    bench/burst.py [-n 100] [--window 120] [--no-floor] [--keep]
+    bench/burst.py [-n 100] [--window 120] [--no-floor] [--keep] [--mini]
 
 Against the running lab (`make up`, demo mode: the bundled DTU provider signs the students in).
 Each student, at their arrival time (spread evenly over the window):
@@ -17,6 +17,11 @@ Each student, at their arrival time (spread evenly over the window):
 
 The floor, in the same run: the same number of plain `docker run`s of the course image
 (JupyterLab alone, no hub, no login), arriving the same way, each to the same cell's result.
+
+With --mini (`make bench-burst-mini`, 300 students in 5 minutes by default), the lab's servers
+run images/mini, a server of a few MB that speaks what the hub and a browser need (the hub's
+OAuth, a kernel websocket that echoes), so that the load is on the hub, the proxy and the spawner;
+the floor is then plain `docker run`s of that image.
 
 Prints logins per second, p50/p95/max from the front page to the first cell's result (and per
 phase), failures by phase and cause, the CPU and memory of the hub's container and of the proxy
@@ -60,6 +65,7 @@ sys.path.insert(0, str(ROOT))
 from bench.spawn import percentile, read_env  # noqa: E402
 
 CODE, EXPECTED = "sum(range(10))", "45"
+MINI_MARK = "id='lab-mini'"  # images/mini/mini_server.py's page
 
 # Student servers live on <name>.localhost, which Chromium resolves to loopback by itself; this
 # process's clients get the same answer.
@@ -89,8 +95,8 @@ def must(r: requests.Response, phase: str, ok=(200,)) -> requests.Response:
     return r
 
 
-def run_cell(ws_url: str, headers: list[str], timeout: float) -> str:
-    """Run CODE in the kernel behind ws_url; its result, as the notebook would show it."""
+def run_cell(ws_url: str, headers: list[str], timeout: float, code: str = CODE) -> str:
+    """Run code in the kernel behind ws_url; its result, as the notebook would show it."""
     ws = websocket.create_connection(ws_url, header=headers, timeout=timeout)
     try:
         msg_id = uuid.uuid4().hex
@@ -98,7 +104,7 @@ def run_cell(ws_url: str, headers: list[str], timeout: float) -> str:
             "header": {"msg_id": msg_id, "username": "", "session": uuid.uuid4().hex,
                        "msg_type": "execute_request", "version": "5.3"},
             "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": CODE, "silent": False, "store_history": True, "user_expressions": {},
+            "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
                         "allow_stdin": False},
         }))
         deadline = time.monotonic() + timeout
@@ -107,6 +113,7 @@ def run_cell(ws_url: str, headers: list[str], timeout: float) -> str:
             msg = json.loads(ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
+            msg["msg_type"] = msg.get("msg_type") or msg["header"]["msg_type"]
             if msg["msg_type"] == "execute_result":
                 result = msg["content"]["data"]["text/plain"]
             elif msg["msg_type"] == "error":
@@ -118,10 +125,29 @@ def run_cell(ws_url: str, headers: list[str], timeout: float) -> str:
         ws.close()
 
 
+def follow_progress(s: requests.Session, url: str, person: str, timeout: float) -> str:
+    """Follow the progress stream the spawn-pending page listens to; the server's URL once ready."""
+    hub_xsrf = s.cookies.get("_xsrf", domain=urlparse(url).hostname)
+    with s.get(f"{url}/hub/api/users/{person}/server/progress", params={"_xsrf": hub_xsrf},
+               headers={"Accept": "text/event-stream"}, stream=True, timeout=timeout) as events:
+        for line in must(events, "spawn").iter_lines(decode_unicode=True):
+            if not line or not line.startswith("data:"):
+                continue
+            event = json.loads(line[5:])
+            if event.get("failed"):
+                raise Failed("spawn", event.get("message", "failed")[:160])
+            if event.get("ready"):
+                return event["url"]
+    raise Failed("spawn", "the progress stream ended before the server was ready")
+
+
 # -- one student ------------------------------------------------------------------------------
 
-def play_student(url: str, person: str, timeout: float) -> dict:
-    """Front page to first cell result, as a browser; the time of each phase (seconds)."""
+def play_student(url: str, person: str, timeout: float, mini: bool = False) -> dict:
+    """Front page to first cell result, as a browser; the time of each phase (seconds).
+
+    mini: the lab's servers run images/mini (--mini): its page instead of JupyterLab's, and its
+    echo kernel, which answers with the code it was sent (a fresh one per student)."""
     s = requests.Session()
     marks = {"start": time.perf_counter()}
 
@@ -143,7 +169,10 @@ def play_student(url: str, person: str, timeout: float) -> dict:
         back = must(s.post(authorize.url, data={"sub": person}, timeout=timeout), phase)
         mark("login")
         phase = "spawn"
-        if "/hub/spawn-pending/" not in back.url:
+        # A server that is up within the hub's slow_spawn_timeout (10 s) is opened at once, without
+        # the pending page: the browser lands in it (through its OAuth) straight after login.
+        landed = urlparse(back.url).path.startswith(f"/user/{person}/")
+        if not landed and "/hub/spawn-pending/" not in back.url:
             # The spawn form (more than one profile to choose from): the CPU one.
             xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', back.text)
             action = re.search(r'<form[^>]*action="([^"]*)"', back.text)
@@ -151,28 +180,17 @@ def play_student(url: str, person: str, timeout: float) -> dict:
                 raise Failed("login", f"neither the spawn form nor a starting server after login (at {back.url})")
             must(s.post(urljoin(back.url, action.group(1)), data={"_xsrf": xsrf.group(1), "profile": "cpu"},
                         timeout=timeout), phase)
-        hub_xsrf = s.cookies.get("_xsrf", domain=urlparse(url).hostname)
-        with s.get(f"{url}/hub/api/users/{person}/server/progress", params={"_xsrf": hub_xsrf},
-                   headers={"Accept": "text/event-stream"}, stream=True, timeout=timeout) as events:
-            must(events, phase)
-            ready_url = None
-            for line in events.iter_lines(decode_unicode=True):
-                if not line or not line.startswith("data:"):
-                    continue
-                event = json.loads(line[5:])
-                if event.get("failed"):
-                    raise Failed(phase, event.get("message", "failed")[:160])
-                if event.get("ready"):
-                    ready_url = event["url"]
-                    break
-            if not ready_url:
-                raise Failed(phase, "the progress stream ended before the server was ready")
+        if landed:
+            u = urlparse(back.url)
+            ready_url = f"{u.scheme}://{u.netloc}/user/{person}/"
+        else:
+            ready_url = follow_progress(s, url, person, timeout)
         mark("spawn")
         phase = "open lab"
         lab = must(s.get(urljoin(url, ready_url) + "lab", timeout=120), phase)
         server = lab.url.split("/lab")[0]
-        if "jupyter-config-data" not in lab.text:
-            raise Failed(phase, f"not JupyterLab at {lab.url}")
+        if (MINI_MARK if mini else "jupyter-config-data") not in lab.text:
+            raise Failed(phase, f"not {'the minimal server' if mini else 'JupyterLab'} at {lab.url}")
         mark("open lab")
         phase = "kernel"
         host = urlparse(server).hostname
@@ -181,11 +199,12 @@ def play_student(url: str, person: str, timeout: float) -> dict:
                         timeout=120), phase, ok=(201,))
         kernel = k.json()["id"]
         cookie = s.prepare_request(requests.Request("GET", f"{server}/api/kernels")).headers.get("Cookie", "")
+        code, expected = (f"'{uuid.uuid4().hex}'",) * 2 if mini else (CODE, EXPECTED)
         # As JupyterLab opens it: a session id, and the XSRF token (a cookie-authenticated websocket needs it).
         result = run_cell(server.replace("http", "ws", 1) + f"/api/kernels/{kernel}/channels?session_id="
                           f"{uuid.uuid4().hex}&_xsrf={token}",
-                          [f"Cookie: {cookie}"], timeout)  # websocket-client sends the page's Origin itself
-        if result != EXPECTED:
+                          [f"Cookie: {cookie}"], timeout, code)  # websocket-client sends the page's Origin itself
+        if result != expected:
             raise Failed(phase, f"the cell gave {result!r}")
         mark("first result")
         return {"ok": True, "marks": marks}
@@ -204,7 +223,11 @@ def arrivals(n: int, window: float, play) -> list[dict]:
         delay = t0 + i * window / max(n, 1) - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        results[i] = play(i)
+        try:
+            results[i] = play(i)
+        except Exception as e:  # a harness bug must not hide as a missing student
+            results[i] = {"ok": False, "phase": "harness", "cause": f"{type(e).__name__}: {e}"[:160],
+                          "marks": {"start": time.perf_counter()}}
 
     threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
     for t in threads:
@@ -216,13 +239,17 @@ def arrivals(n: int, window: float, play) -> list[dict]:
 
 # -- the floor: plain docker run ---------------------------------------------------------------
 
-def floor_server(image: str, network: str, name: str, timeout: float) -> dict:
+def floor_server(image: str, network: str, name: str, timeout: float, mini: bool = False) -> dict:
     token = secrets.token_hex(16)
     marks = {"start": time.perf_counter()}
+    if mini:  # the minimal server with no hub: no login, at the root
+        run = ["-e", "LAB_MINI_NO_LOGIN=1", "-e", "JUPYTERHUB_SERVICE_PREFIX=/", image]
+    else:
+        run = ["--entrypoint", "jupyter", image, "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser",
+               f"--IdentityProvider.token={token}"]
     try:
-        subprocess.run(["docker", "run", "-d", "--name", name, "--network", network, "--entrypoint",
-                        "jupyter", image, "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser",
-                        f"--IdentityProvider.token={token}"], check=True, capture_output=True, timeout=120)
+        subprocess.run(["docker", "run", "-d", "--name", name, "--network", network, *run], check=True,
+                       capture_output=True, timeout=120)
         ip = ""
         auth = {"Authorization": f"token {token}"}
         deadline = time.monotonic() + timeout
@@ -241,10 +268,11 @@ def floor_server(image: str, network: str, name: str, timeout: float) -> dict:
             return {"ok": False, "phase": "start", "cause": "no answer", "marks": marks}
         kernel = requests.post(f"http://{ip}:8888/api/kernels", json={"name": "python3"}, headers=auth,
                                timeout=120).json()["id"]
+        code, expected = (f"'{uuid.uuid4().hex}'",) * 2 if mini else (CODE, EXPECTED)
         result = run_cell(f"ws://{ip}:8888/api/kernels/{kernel}/channels", [f"Authorization: token {token}"],
-                          timeout)
+                          timeout, code)
         marks["first result"] = time.perf_counter()
-        return {"ok": result == EXPECTED, "phase": "kernel", "cause": result, "marks": marks}
+        return {"ok": result == expected, "phase": "kernel", "cause": result, "marks": marks}
     except (subprocess.SubprocessError, requests.RequestException, websocket.WebSocketException, OSError) as e:
         return {"ok": False, "phase": "start", "cause": f"{type(e).__name__}: {str(e)[:120]}", "marks": marks}
 
@@ -295,6 +323,7 @@ class Watcher:
 class Lab:
     def __init__(self, url: str, token: str, idp: str, instance: str):
         self.url, self.idp, self.instance = url, idp, instance
+        self.leftovers: list[str] = []
         self.api = requests.Session()
         self.api.headers["Authorization"] = f"token {token}"
 
@@ -321,7 +350,11 @@ class Lab:
             time.sleep(2)
         if r.status_code != 200:
             sys.exit(f"burst: the roster service answered {r.status_code}: {r.text[:200]}")
-        before = r.json()["people"]
+        # Bench students an interrupted run left behind are removed along with this run's.
+        before = [p for p in r.json()["people"] if not p["name"].startswith("Bench Student ")]
+        self.leftovers = [p["id"] for p in r.json()["people"] if p["name"].startswith("Bench Student ")]
+        if self.leftovers:
+            print(f"burst: {len(self.leftovers)} bench students from an earlier run are removed too", flush=True)
         for sid in students:
             claims = {"sub": sid, "preferred_username": f"{sid}@dtu.dk", "name": f"Bench Student {sid[-4:]}",
                       "email": f"{sid}@student.dtu.dk"}
@@ -338,6 +371,7 @@ class Lab:
         return before
 
     def clean_up(self, students: list[str], roster: list[dict]) -> None:
+        students = [sid for sid in self.leftovers if sid not in students] + students
         for sid in students:
             self.api.delete(f"{self.url}/hub/api/users/{sid}/server", timeout=120)
         r = self.roster_api("POST", "api/import", params={"filename": "roster.csv"}, data=self.roster_csv(roster))
@@ -391,6 +425,16 @@ def server_figures(instance: str, students: list[str]) -> None:
               f" max {max(mem):.0f} MiB; CPU to start and run the cell: mean {statistics.mean(cpu):.1f} s")
 
 
+def hub_server_image(instance: str) -> str:
+    """LAB_SERVER_IMAGE as the running hub has it (empty: the course image)."""
+    env = subprocess.run(["docker", "inspect", "-f", "{{json .Config.Env}}", f"{instance}-hub-1"],
+                         capture_output=True, text=True).stdout
+    for item in json.loads(env or "[]"):
+        if item.startswith("LAB_SERVER_IMAGE="):
+            return item.split("=", 1)[1]
+    return ""
+
+
 def main() -> int:
     env = read_env()
     tag = env.get("LAB_IMAGE_TAG") or (ROOT / "VERSION").read_text().strip()
@@ -401,7 +445,10 @@ def main() -> int:
     p.add_argument("--url", default=os.environ.get("LAB_URL") or f"http://localhost:{env.get('LAB_HTTP_PORT', '8000')}")
     p.add_argument("--idp", default=f"http://127.0.0.1:{env.get('LAB_IDP_PORT', '9400')}")
     p.add_argument("--token", default=os.environ.get("LAB_ADMIN_API_TOKEN") or env.get("LAB_ADMIN_API_TOKEN"))
-    p.add_argument("--image", default=f"mlops-lab/course:{tag}")
+    p.add_argument("--mini", action="store_true",
+                   help="the lab's servers run images/mini (make bench-burst-mini sets the lab up so): "
+                        "the hub, proxy and spawner under load, not JupyterLab")
+    p.add_argument("--image", help="the floor's image (default: the course image, or the mini one with --mini)")
     p.add_argument("--network", default=env.get("LAB_NETWORK") or instance)
     p.add_argument("--instance", default=instance)
     p.add_argument("--timeout", type=float, default=600, help="per student (default 600 s)")
@@ -412,6 +459,13 @@ def main() -> int:
         p.error("no admin token: set LAB_ADMIN_API_TOKEN in .env (make up creates one) or pass --token")
     if not 1 <= a.n <= 9999:
         p.error("-n: between 1 and 9999 students")
+    a.image = a.image or f"mlops-lab/{'mini' if a.mini else 'course'}:{tag}"
+    serving = hub_server_image(a.instance)
+    if a.mini and serving != a.image:
+        sys.exit(f"burst --mini: the lab's servers run {serving or 'the course image'}, not {a.image}; "
+                 "make bench-burst-mini starts the lab with it (and puts it back after)")
+    if not a.mini and serving:
+        sys.exit(f"burst: the lab's servers run {serving} (LAB_SERVER_IMAGE, a load test); use --mini, or make up")
 
     print(f"burst: {a.n} students within {a.window:.0f} s, lab {a.url}, image {a.image}, "
           f"{os.cpu_count()} cores, {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB",
@@ -422,10 +476,11 @@ def main() -> int:
         names = [f"burst-floor-{run}-{i:04d}" for i in range(a.n)]
         t0 = time.perf_counter()
         try:
-            floor = arrivals(a.n, a.window, lambda i: floor_server(a.image, a.network, names[i], a.timeout))
+            floor = arrivals(a.n, a.window, lambda i: floor_server(a.image, a.network, names[i], a.timeout, a.mini))
         finally:
             subprocess.run(["docker", "rm", "-f", *names], capture_output=True)
-        floor_totals = summary("floor: plain docker run, JupyterLab alone, to the cell's result", floor,
+        floor_totals = summary(f"floor: plain docker run, {'the minimal server' if a.mini else 'JupyterLab'} "
+                               "alone, to the cell's result", floor,
                                time.perf_counter() - t0)
 
     lab = Lab(a.url, a.token, a.idp, a.instance)
@@ -437,12 +492,13 @@ def main() -> int:
         cpu0 = watcher.cpu()
         sampler.start()
         t0 = time.perf_counter()
-        results = arrivals(a.n, a.window, lambda i: play_student(a.url, students[i], a.timeout))
+        results = arrivals(a.n, a.window, lambda i: play_student(a.url, students[i], a.timeout, a.mini))
         elapsed = time.perf_counter() - t0
         watcher.stop.set()
         cpu1 = watcher.cpu()
         logins = sorted(r["marks"]["login"] for r in results if "login" in r["marks"])
-        totals = summary("lab: front page, DTU login, spawn, JupyterLab, kernel, cell", results, elapsed)
+        totals = summary(f"lab: front page, DTU login, spawn, {'minimal server' if a.mini else 'JupyterLab'}, "
+                         "kernel, cell", results, elapsed)
         if len(logins) > 1:
             print(f"  logins per second: {(len(logins) - 1) / (logins[-1] - logins[0]):.2f} "
                   f"(arrivals: {a.n / a.window:.2f} per second)")

@@ -232,7 +232,10 @@ def update_spawner(c, settings: Settings) -> None:
     """One container per student from the pinned course image, with a named home volume."""
     c.JupyterHub.spawner_class = "hub.spawner.CourseSpawner"
     s = c.CourseSpawner
-    image = settings.env["LAB_COURSE_IMAGE"]
+    image = settings.env["LAB_SERVER_IMAGE"] or settings.env["LAB_COURSE_IMAGE"]
+    if settings.env["LAB_SERVER_IMAGE"]:
+        print(f"[lab] LAB_SERVER_IMAGE: students' servers run {image}, not the course image (a load test)",
+              file=sys.stderr, flush=True)
     s.lab_instance = settings.instance
     s.image = image
     s.allowed_images = {"course": image}  # a user_options image outside this list is refused

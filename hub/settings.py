@@ -49,6 +49,8 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
                        "host name at its root, since students' servers and the services are on its subdomains (see "
                        "[Security model](#security-model))."),
     "LAB_COURSE_IMAGE": ("mlops-lab/course:latest", "The course image student servers run (pinned)."),
+    "LAB_SERVER_IMAGE": (None, "For load tests only (`make bench-burst-mini`): an image students' servers run instead "
+                         "of the course image (grading sandboxes keep the course image); empty in a real lab."),
     "LAB_NETWORK": (None, "Docker network shared by the hub and student servers (default: LAB_INSTANCE)."),
     "LAB_HUB_CONNECT_URL": ("http://hub:8081", "URL at which student servers reach the hub's API."),
     "LAB_IDP_PUBLIC_URL": (
@@ -782,7 +784,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 REFERENCE_BEGIN = "<!-- settings-reference: begin (python -m hub.settings reference) -->"
 REFERENCE_END = "<!-- settings-reference: end -->"
 # Variables that docker-compose.yml or the lab itself sets; an operator does not put them in .env.
-INTERNAL_VARS = ("LAB_COURSE_IMAGE", "LAB_NETWORK", "LAB_HUB_CONNECT_URL", "LAB_IDP_HOST", "LAB_SETTINGS_FILE",
+INTERNAL_VARS = ("LAB_COURSE_IMAGE", "LAB_SERVER_IMAGE", "LAB_NETWORK", "LAB_HUB_CONNECT_URL", "LAB_IDP_HOST", "LAB_SETTINGS_FILE",
                  "LAB_COURSE_ROOT", "LAB_COURSE_SRC")
 
 

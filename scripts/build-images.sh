@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build the lab's images (hub, demo identity provider, course) with the classic builder.
-#   scripts/build-images.sh [--if-missing] [hub|idp|course ...]
+# Build the lab's images (hub, demo identity provider, course; the bench's minimal server) with the classic builder.
+#   scripts/build-images.sh [--if-missing] [hub|idp|course|mini ...]   (mini: only for bench/burst.py --mini)
 # Settings come from the environment (see .env.example):
 #   LAB_IMAGE_TAG        tag for all three images (default: the VERSION file)
 #   LAB_TORCH_VARIANT    cuda | cpu | auto (auto: cuda where nvidia-smi sees a GPU, else cpu)
@@ -28,11 +28,11 @@ images=()
 for a in "$@"; do
   case "$a" in
     --if-missing) only_missing=1 ;;
-    hub|idp|course) images+=("$a") ;;
-    *) die "unknown argument '$a' (expected --if-missing, hub, idp or course)" ;;
+    hub|idp|course|mini) images+=("$a") ;;
+    *) die "unknown argument '$a' (expected --if-missing, hub, idp, course or mini)" ;;
   esac
 done
-[ ${#images[@]} -gt 0 ] || images=(hub idp course)
+[ ${#images[@]} -gt 0 ] || images=(hub idp course)  # mini: only for bench/burst.py --mini
 
 prepare_ca() {
   rm -rf .build && mkdir -p .build/ca .build/wheelhouse
