@@ -58,7 +58,11 @@ def update_hub(c, settings: Settings) -> None:
     keep_port_in_service_links()
     c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
     c.JupyterHub.hub_connect_url = settings.env["LAB_HUB_CONNECT_URL"]
-    c.JupyterHub.db_url = settings.get("hub.db_url")
+    c.JupyterHub.db_url = settings.hub_db_url
+    if not settings.hub_db_url.startswith("sqlite"):
+        # A database server restarted under the hub leaves its pooled connections dead: test each
+        # before use, so that no request fails for it.
+        c.JupyterHub.db_kwargs = {"pool_pre_ping": True}
     c.JupyterHub.cookie_secret_file = "/srv/jupyterhub/jupyterhub_cookie_secret"
     c.JupyterHub.pid_file = "/srv/jupyterhub/jupyterhub.pid"
     c.JupyterHub.log_level = settings.get("hub.log_level")

@@ -74,6 +74,9 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
                              "GitHub logins at import (without one, GitHub allows 60 look-ups an hour)."),
     "LAB_GRADEBOOK_URL": (None, "Secret: a PostgreSQL URL (postgresql://user:password@host/db) for the nbgrader "
                           "gradebook; default: SQLite on the course-data volume (/srv/course/nbgrader/gradebook.db)."),
+    "LAB_HUB_DB_URL": (None, "Secret: a PostgreSQL URL (postgresql://user:password@host/db) for the hub's own "
+                       "database (users, servers, tokens); host `hubdb` is the bundled server, which `make up` "
+                       "then starts (compose profile `postgres`). Empty: SQLite (lab.yaml `hub.db_url`)."),
     "LAB_SETTINGS_FILE": (DEFAULT_SETTINGS_FILE, "Path of the operator settings file inside the hub."),
     "LAB_COURSE_ROOT": ("/srv/course", "Where the course-data volume is mounted in the hub: nbgrader's course folder, "
                         "the exchange, the grading state (bench/autograde.py points it at a scratch folder)."),
@@ -83,7 +86,7 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
 
 # Secrets: never given to a process that does not need them (Settings.process_environment).
 SECRET_VARS = ("LAB_ADMIN_API_TOKEN", "LAB_DTU_CLIENT_SECRET", "LAB_GITHUB_CLIENT_SECRET", "LAB_GITHUB_API_TOKEN",
-               "LAB_GRADEBOOK_URL")
+               "LAB_GRADEBOOK_URL", "LAB_HUB_DB_URL")
 
 # Variables of earlier versions: ignored when empty, else refused with their new name.
 RENAMED_VARS = {"LAB_OIDC_CLIENT_SECRET": "LAB_DTU_CLIENT_SECRET (and lab.yaml auth.dtu.oidc)"}
@@ -242,9 +245,10 @@ SCHEMA: dict[str, Any] = {
                 "log_level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR"],
                               "title": "the hub's log level: `DEBUG`, `INFO`, `WARNING` or `ERROR`"},
                 "db_url": {"type": "string", "pattern": r"^sqlite:///",
-                           "description": "an SQLite URL (sqlite:////path); the hub image has no other database driver",
-                           "title": "hub database, SQLite on the `hub-state` volume (the hub image has no other "
-                                    "database driver yet)"},
+                           "description": "an SQLite URL (sqlite:////path); PostgreSQL's URL holds a password, so it "
+                                          "goes in .env as LAB_HUB_DB_URL",
+                           "title": "hub database, SQLite on the `hub-state` volume; LAB_HUB_DB_URL in .env "
+                                    "(PostgreSQL) takes its place"},
                 "concurrent_spawn_limit": {"type": "integer", "minimum": 0,
                                            "title": "servers starting or waiting to start at once; beyond it "
                                                     "students are told to try again in a minute (0: no limit)"},
@@ -525,6 +529,16 @@ class Settings:
         return Path(self.env["LAB_COURSE_SRC"] or "/srv/lab/course")
 
     @property
+    def hub_db_url(self) -> str:
+        """The hub's database: LAB_HUB_DB_URL (PostgreSQL, by psycopg2, which the hub image has), else lab.yaml's."""
+        url = self.env["LAB_HUB_DB_URL"]
+        if not url:
+            return self.get("hub.db_url")
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+        return url
+
+    @property
     def gradebook_url(self) -> str:
         """nbgrader's gradebook: LAB_GRADEBOOK_URL (PostgreSQL), else SQLite on the course volume."""
         url = self.env["LAB_GRADEBOOK_URL"] or f"sqlite:///{self.course_root}/nbgrader/gradebook.db"
@@ -626,6 +640,18 @@ def _check_env(environ: dict[str, str], problems: list[str]) -> dict[str, str | 
     if gradebook and not re.fullmatch(r"(postgresql(\+psycopg2)?://\S+|sqlite:////\S+)", gradebook):
         # the value may hold a password: name the variable, not its value
         problems.append("environment: LAB_GRADEBOOK_URL is not a postgresql://user:password@host/db (or sqlite:////path) URL")
+    hub_db = env["LAB_HUB_DB_URL"]
+    if hub_db:
+        db = urlparse(hub_db)
+        if db.scheme not in ("postgresql", "postgresql+psycopg2") or not (db.hostname and db.username and
+                                                                          db.path.strip("/")):
+            problems.append("environment: LAB_HUB_DB_URL is not a postgresql://user:password@host/db URL")
+        elif db.hostname == "hubdb" and not (re.fullmatch(r"[a-z_][a-z0-9_]*", db.username) and
+                                             re.fullmatch(r"[a-z_][a-z0-9_]*", db.path.strip("/")) and
+                                             re.fullmatch(r"[A-Za-z0-9._~-]{16,}", db.password or "")):
+            problems.append("environment: LAB_HUB_DB_URL: for the bundled server (host hubdb) the user and database "
+                            "are plain names ([a-z_][a-z0-9_]*) and the password 16 or more letters, digits or ._~- "
+                            "(make up writes one when LAB_HUB_DB_URL=postgres)")
     token = env["LAB_ADMIN_API_TOKEN"]
     if token is not None and (len(token) < 32 or not re.fullmatch(r"[A-Za-z0-9_-]+", token)):
         problems.append(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the lab's images (hub, demo identity provider, course; the bench's minimal server) with the classic builder.
-#   scripts/build-images.sh [--if-missing] [hub|idp|course|mini ...]   (mini: only for bench/burst.py --mini)
+#   scripts/build-images.sh [--if-missing] [hub|idp|course|mini|postgres ...]
+#   (postgres: the bundled hub database server; mini: only for bench/burst.py --mini)
 # Settings come from the environment (see .env.example):
 #   LAB_IMAGE_TAG        tag for all three images (default: the VERSION file)
 #   LAB_TORCH_VARIANT    cuda | cpu | auto (auto: cuda where nvidia-smi sees a GPU, else cpu)
@@ -28,11 +29,11 @@ images=()
 for a in "$@"; do
   case "$a" in
     --if-missing) only_missing=1 ;;
-    hub|idp|course|mini) images+=("$a") ;;
-    *) die "unknown argument '$a' (expected --if-missing, hub, idp, course or mini)" ;;
+    hub|idp|course|mini|postgres) images+=("$a") ;;
+    *) die "unknown argument '$a' (expected --if-missing, hub, idp, course, mini or postgres)" ;;
   esac
 done
-[ ${#images[@]} -gt 0 ] || images=(hub idp course)  # mini: only for bench/burst.py --mini
+[ ${#images[@]} -gt 0 ] || images=(hub idp course)  # postgres: when asked (LAB_HUB_DB_URL); mini: bench only
 
 prepare_ca() {
   rm -rf .build && mkdir -p .build/ca .build/wheelhouse

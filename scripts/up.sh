@@ -20,10 +20,19 @@ if [ ! -f lab.yaml ]; then
   say "created lab.yaml from lab.example.yaml"
 fi
 set -a; . ./.env; set +a
+if [ "${LAB_HUB_DB_URL:-}" = postgres ]; then
+  # The bundled PostgreSQL server for the hub's database, with a password made here, once.
+  LAB_HUB_DB_URL="postgresql://hub:$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')@hubdb/jupyterhub"
+  sed -i "s|^LAB_HUB_DB_URL=.*|LAB_HUB_DB_URL=$LAB_HUB_DB_URL|" .env
+  say "LAB_HUB_DB_URL=postgres: the hub's database is the bundled PostgreSQL server (its URL, with a fresh password, is now in .env)"
+fi
 export LAB_IMAGE_TAG="${LAB_IMAGE_TAG:-$(cat VERSION)}"
 tag="$LAB_IMAGE_TAG"
 
 bash scripts/build-images.sh
+bundled_db=0
+case "${LAB_HUB_DB_URL:-}" in *@hubdb/*|*@hubdb:*) bundled_db=1 ;; esac
+[ "$bundled_db" = 1 ] && bash scripts/build-images.sh postgres
 
 # Check the settings with the hub's own code before starting anything; learn whether it is a demo.
 provider=$(docker run --rm --network none \
@@ -35,6 +44,7 @@ print("demo" if load_settings_or_exit("settings").demo else "live")
 
 profiles=()
 [ "$provider" = demo ] && profiles=(--profile demo)
+[ "$bundled_db" = 1 ] && profiles+=(--profile postgres)
 docker compose "${profiles[@]}" up -d --remove-orphans
 
 port="${LAB_HTTP_PORT:-8000}"

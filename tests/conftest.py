@@ -24,6 +24,7 @@ IDP_PORT = int(os.environ.get("LAB_TEST_IDP_PORT", "19400"))
 GITHUB_PORT = IDP_PORT + 1
 CAS_PORT = IDP_PORT + 2
 TAG = os.environ.get("LAB_IMAGE_TAG") or (ROOT / "VERSION").read_text().strip()
+HUB_DB_PASSWORD = secrets.token_hex(16)  # the test lab's bundled PostgreSQL server
 HOST = "localhost"  # every student's server and every service is on a subdomain of it
 
 def course_notebook(assignment: str):
@@ -159,7 +160,7 @@ class Lab:
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         cmd = ["docker", "compose", "--project-directory", str(ROOT), "--env-file", str(self.env_file),
-               "-p", INSTANCE, "--profile", "demo", *args]
+               "-p", INSTANCE, "--profile", "demo", "--profile", "postgres", *args]
         return subprocess.run(cmd, check=check, capture_output=True, text=True)
 
     def api(self, method: str, path: str, **kw) -> requests.Response:
@@ -329,6 +330,8 @@ def lab(tmp_path_factory, lab_settings) -> Lab:
         f"LAB_ADMIN_API_TOKEN={token}",
         f"LAB_IMAGE_TAG={TAG}",
         f"LAB_SETTINGS_HOST_FILE={settings_file}",
+        # The hub's database on the bundled PostgreSQL server (make up's default is SQLite).
+        f"LAB_HUB_DB_URL=postgresql://hub:{HUB_DB_PASSWORD}@hubdb/jupyterhub",
     ]) + "\n")
     settings_file.chmod(0o644)
     lab = Lab(env_file, settings_file, token)

@@ -28,6 +28,7 @@ import http.client
 import json
 import os
 import secrets
+import signal
 import struct
 import sys
 import threading
@@ -252,6 +253,9 @@ def main() -> None:
     bind = urlparse(ENV.get("JUPYTERHUB_SERVICE_URL", "http://0.0.0.0:8888/"))
     server = ThreadingHTTPServer((bind.hostname or "0.0.0.0", bind.port or 8888), Handler)
     server.daemon_threads = True
+    # PID 1 in its container: without a handler SIGTERM would be ignored, and every stop would wait
+    # for Docker's SIGKILL.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     threading.Thread(target=report_activity, daemon=True).start()
     print(f"mini: {USER}'s server on {bind.hostname}:{bind.port}{PREFIX}", flush=True)
     server.serve_forever()

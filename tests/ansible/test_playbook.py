@@ -6,19 +6,23 @@ base image) reached with Ansible's docker connection, with its own Docker engine
   serves the hub over HTTPS and redirects HTTP, the roster is imported. The GPU steps are skipped
   (lspci finds no NVIDIA device) and Let's Encrypt too (lab.test is not a public name);
 - a second run changes nothing (changed=0);
-- a backup, a deleted home file and a restore bring the file back.
+- lab_hub_db: postgres moves the hub's database to the bundled PostgreSQL server;
+- a backup, a deleted home file and a restore bring the file back, and the hub's database back
+  from its dump.
 
-The lab's hub and idp images (and the helper base image) are handed to the target as a
+The lab's hub, idp and postgres images (and the helper base image) are handed to the target as a
 `docker save` archive, the playbook's lab_images_archive, instead of a build inside it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -62,7 +66,8 @@ def target_host(tmp_path_factory):
     shutil.copy(ROOT / "tests" / "ansible" / "Dockerfile.target", work / "Dockerfile")
     run("docker", "build", "-q", "-t", "mlops-lab-test/target:latest", str(work), env={**os.environ, "DOCKER_BUILDKIT": "0"})
     archive = work / "images.tar"
-    run("docker", "save", "-o", str(archive), f"mlops-lab/hub:{TAG}", f"mlops-lab/idp:{TAG}", "debian:bookworm-slim")
+    run("docker", "save", "-o", str(archive), f"mlops-lab/hub:{TAG}", f"mlops-lab/idp:{TAG}", f"mlops-lab/postgres:{TAG}",
+        "debian:bookworm-slim")
     remove_target()
     caps = [a for c in CAPS for a in ("--cap-add", c)]
     run("docker", "run", "-d", "--name", TARGET, "--hostname", "lab-target", *caps,
@@ -175,15 +180,37 @@ def test_converge_then_idempotent_then_backup_and_restore(target_host):
                     "http://127.0.0.1:8000/services/roster/api/roster").stdout
     assert '"s230002"' in people
 
+    # The hub's database moves to the bundled PostgreSQL server: it runs, the hub answers, and the
+    # roster's people are hub users there (the roster service puts them back into a new database).
+    password = secrets.token_hex(16)
+    moved = playbook(target_host, "-e", json.dumps({"lab_hub_db": "postgres", "lab_hub_db_password": password,
+                                                    "lab_settings": {"auth": {"demo": True},
+                                                                     "spawner": {"mem_limit": "3G"}}}))
+    assert recap(moved)["failed"] == 0
+    assert f"LAB_HUB_DB_URL=postgresql://hub:{password}@hubdb/jupyterhub" in target("cat", "/opt/mlops-lab/.env").stdout
+    users = ""
+    for _ in range(60):
+        users = target("docker", "exec", "mlops-lab-hubdb-1", "psql", "-h", "/var/run/postgresql", "-d", "jupyterhub",
+                       "-tAc", "SELECT name FROM users", check=False).stdout
+        if "s230002" in users:
+            break
+        time.sleep(2)
+    assert "s230001" in users and "s230002" in users, users
+
     # Back up, delete a student's home file, restore it.
     volume = "mlops-lab-home-s230001"
     target("docker", "run", "--rm", "-v", f"{volume}:/h", "debian:bookworm-slim", "sh", "-c",
            "echo my thesis notebook > /h/work.ipynb")
     folder = target("/usr/local/sbin/mlops-lab-backup").stdout.strip().splitlines()[-1]
     listing = target("ls", folder).stdout.split()
-    assert f"{volume}.tar.gz" in listing and "mlops-lab_hub-state.tar.gz" in listing
+    assert f"{volume}.tar.gz" in listing and "mlops-lab_hub-state.tar.gz" in listing and "hub-db.dump" in listing
     target("docker", "run", "--rm", "-v", f"{volume}:/h", "debian:bookworm-slim", "rm", "/h/work.ipynb")
     target("/usr/local/sbin/mlops-lab-restore", folder, volume)
     restored = target("docker", "run", "--rm", "-v", f"{volume}:/h", "debian:bookworm-slim", "cat", "/h/work.ipynb")
     assert restored.stdout.strip() == "my thesis notebook"
+    # The hub's database comes back from its dump.
+    assert "restored the hub's database" in target("/usr/local/sbin/mlops-lab-restore", folder, "hub-db").stdout
+    users = target("docker", "exec", "mlops-lab-hubdb-1", "psql", "-h", "/var/run/postgresql", "-d", "jupyterhub",
+                   "-tAc", "SELECT name FROM users").stdout
+    assert "s230002" in users
     assert target("systemctl", "is-enabled", "mlops-lab-backup.timer").stdout.strip() == "enabled"

@@ -1,32 +1,32 @@
 """LAB_GRADEBOOK_URL selects PostgreSQL: the hub image's grading tools (nbgrader with psycopg2)
-release an assignment into a real PostgreSQL server and export grades from it."""
+release an assignment into a real PostgreSQL server (the lab's own images/postgres) and export
+grades from it."""
 
+import secrets
 import subprocess
 import time
 import uuid
 
 import pytest
 
-from tests.conftest import ROOT, TAG, assignment_points, docker
+from tests.conftest import TAG, assignment_points, docker
 
 pytestmark = pytest.mark.integration
 
-PG_IMAGE = "mlops-lab-test/postgres"
+PG_IMAGE = f"mlops-lab/postgres:{TAG}"  # scripts/test.sh builds it
+PG_URL = f"postgresql://lab:{secrets.token_hex(16)}@db/gradebook"
 
 
 @pytest.fixture(scope="module")
 def postgres():
-    if not docker("images", "-q", PG_IMAGE).strip():
-        subprocess.run(["docker", "build", "-q", "-t", PG_IMAGE, str(ROOT / "tests/integration/postgres")],
-                       check=True, capture_output=True, env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})
     run = uuid.uuid4().hex[:8]
     net, name = f"mlops-lab-test-pg-{run}", f"mlops-lab-test-pg-{run}"
     docker("network", "create", "--internal", net)
     docker("run", "-d", "--name", name, "--network", net, "--network-alias", "db",
-           "--label", "mlops-lab.instance=mlops-lab-test", PG_IMAGE)
+           "--label", "mlops-lab.instance=mlops-lab-test", "-e", f"LAB_HUB_DB_URL={PG_URL}", PG_IMAGE)
     try:
         deadline = time.monotonic() + 60
-        while "ready for the lab" not in docker("logs", name, check=False):
+        while subprocess.run(["docker", "exec", name, "pg_isready", "-q", "-h", "127.0.0.1"]).returncode != 0:
             assert time.monotonic() < deadline, docker("logs", name, check=False)
             time.sleep(0.5)
         yield net
@@ -38,7 +38,7 @@ def postgres():
 def hub_run(net: str, script: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["docker", "run", "--rm", "--network", net, "-u", "grader", "--entrypoint", "sh",
-         "-e", "LAB_GRADEBOOK_URL=postgresql://lab:lab@db/gradebook", "-e", "LAB_COURSE_ROOT=/tmp/course",
+         "-e", f"LAB_GRADEBOOK_URL={PG_URL}", "-e", "LAB_COURSE_ROOT=/tmp/course",
          f"mlops-lab/hub:{TAG}", "-c", script], capture_output=True, text=True, timeout=300)
 
 

@@ -95,7 +95,7 @@ def hub_container(lab):
 
 def test_blocked_targets_fail_and_the_hub_answers(lab, two_containers, host_service):
     """From a student: the hub's API and the proxy answer; the proxy's API, another student, the IdP,
-    the host, metadata do not."""
+    the hub's database server, the host, metadata do not."""
     me, other = two_containers
     network = lab.instance
     gateway = docker_json("network", "inspect", network)[0]["IPAM"]["Config"][0]["Gateway"]
@@ -105,8 +105,8 @@ def test_blocked_targets_fail_and_the_hub_answers(lab, two_containers, host_serv
     with socket.create_connection(("127.0.0.1", host_service), timeout=5):
         pass
     control = probe(hub_container(lab), {"other": ["tcp", other_ip, 8888], "idp": ["tcp", idp_ip, 9400],
-                                         "chp_api": ["tcp", "proxy", 8001]})
-    assert control == {"other": "open", "idp": "open", "chp_api": "open"}
+                                         "chp_api": ["tcp", "proxy", 8001], "hub_db": ["tcp", "hubdb", 5432]})
+    assert control == {"other": "open", "idp": "open", "chp_api": "open", "hub_db": "open"}
     # The student's view.
     token = docker_json("inspect", me)[0]["Config"]["Env"]
     token = next(e.split("=", 1)[1] for e in token if e.startswith("JUPYTERHUB_API_TOKEN="))
@@ -118,10 +118,11 @@ def test_blocked_targets_fail_and_the_hub_answers(lab, two_containers, host_serv
         "host_service": ["tcp", gateway, host_service],
         "docker_tcp_api": ["tcp", gateway, 2375],
         "chp_api": ["tcp", "proxy", 8001],
+        "hub_db": ["tcp", "hubdb", 5432],
     })
     assert seen["hub_api"] == 200
     assert seen["proxy"] == 200
-    for target in ("other_student", "idp", "host_service", "docker_tcp_api", "chp_api"):
+    for target in ("other_student", "idp", "host_service", "docker_tcp_api", "chp_api", "hub_db"):
         assert seen[target] == "refused", (target, seen[target])
     # Traffic off this machine is probed only once this lab's own chain ends in REJECT, so a
     # missing rule can never send a packet to the metadata address or the internet.
@@ -144,7 +145,8 @@ def test_no_docker_socket_and_no_hub_secrets_inside(two_containers):
                         "ls -la /var/run/docker.sock /srv/jupyterhub 2>&1; env"], capture_output=True, text=True)
     assert "No such file or directory" in r.stdout
     assert r.stdout.count("No such file or directory") == 2
-    for secret in ("LAB_ADMIN_API_TOKEN", "CONFIGPROXY_AUTH_TOKEN", "LAB_DTU_CLIENT_SECRET", "LAB_GITHUB_CLIENT_SECRET", "JPY_COOKIE_SECRET"):
+    for secret in ("LAB_ADMIN_API_TOKEN", "CONFIGPROXY_AUTH_TOKEN", "LAB_DTU_CLIENT_SECRET", "LAB_GITHUB_CLIENT_SECRET", "JPY_COOKIE_SECRET",
+                   "LAB_HUB_DB_URL", "LAB_GRADEBOOK_URL"):
         assert secret not in r.stdout
 
 

@@ -36,3 +36,20 @@ def test_the_gradebook_url_from_the_vault_reaches_the_env():
     env = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(TEMPLATE.read_text()).render(
         {**defaults, "ansible_managed": "Ansible", "lab_domain": "lab.example.dk", "lab_version": "1.0.0"})
     assert "LAB_GRADEBOOK_URL=\n" in env
+
+
+def test_the_hub_database_choice_reaches_the_env():
+    defaults = yaml.safe_load((ROOT / "ansible" / "roles" / "lab" / "defaults" / "main.yml").read_text())
+    base = {**defaults, "ansible_managed": "Ansible", "lab_domain": "lab.example.dk", "lab_version": "1.0.0"}
+
+    def render(**values):
+        template = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True).from_string(
+            TEMPLATE.read_text())  # Ansible's template module trims blocks too
+        return template.render({**base, **values})
+
+    assert "LAB_HUB_DB_URL=\n" in render()  # SQLite, the default
+    assert "LAB_HUB_DB_URL=postgresql://hub:0123456789abcdef01@hubdb/jupyterhub\n" in render(
+        lab_hub_db="postgres", lab_hub_db_password="0123456789abcdef01")
+    assert "LAB_HUB_DB_URL=postgresql://u:p@db.example.dk/hub\n" in render(
+        lab_hub_db="external", lab_hub_db_url="postgresql://u:p@db.example.dk/hub")
+    assert render().count("LAB_HUB_DB_URL=") == 1

@@ -225,3 +225,27 @@ def test_a_profile_without_a_display_name_is_named_with_the_file_and_line(tmp_pa
     found = problems(tmp_path, "profiles:\n  cpu:\n    enabled: true\n  extra:\n    description: more\n")
     path = tmp_path / "lab.yaml"
     assert f"{path}:4: profiles.extra.display_name: required" in found, found
+
+
+def test_the_hub_database_url_is_checked_without_showing_its_password(tmp_path):
+    from tests.unit.test_spawner import config_for
+    path = tmp_path / "lab.yaml"
+    path.write_text("")
+    for bad, says in [
+        ("mysql://u:hunter2@db/x", "LAB_HUB_DB_URL is not a postgresql://user:password@host/db URL"),
+        ("postgres", "LAB_HUB_DB_URL is not a postgresql://"),  # make up replaces the word; compose alone does not
+        ("postgresql://hub:hunter2@hubdb/jupyterhub", "the password 16 or more letters"),
+        ("postgresql://Hub-1:0123456789abcdef0@hubdb/jupyterhub", "plain names"),
+    ]:
+        with pytest.raises(SettingsError) as err:
+            load_settings(path, environ={"LAB_HUB_DB_URL": bad})
+        assert says in str(err.value) and "hunter2" not in str(err.value), (bad, str(err.value))
+    # Not hubdb: the operator's own server; its password is theirs to choose.
+    ok = load_settings(path, environ={"LAB_HUB_DB_URL": "postgresql://u:p@db.example.dk/hub"})
+    assert ok.hub_db_url == "postgresql+psycopg2://u:p@db.example.dk/hub"
+    c = config_for(tmp_path, LAB_HUB_DB_URL="postgresql://hub:0123456789abcdef0@hubdb/jupyterhub")
+    assert c.JupyterHub.db_url == "postgresql+psycopg2://hub:0123456789abcdef0@hubdb/jupyterhub"
+    assert c.JupyterHub.db_kwargs == {"pool_pre_ping": True}
+    # Unset: lab.yaml's SQLite.
+    c = config_for(tmp_path)
+    assert c.JupyterHub.db_url == "sqlite:////srv/jupyterhub/jupyterhub.sqlite" and "db_kwargs" not in c.JupyterHub
