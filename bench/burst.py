@@ -433,6 +433,21 @@ def server_figures(instance: str, students: list[str]) -> None:
               f" max {max(mem):.0f} MiB; CPU to start and run the cell: mean {statistics.mean(cpu):.1f} s")
 
 
+def docker_call_figures(instance: str, since: float) -> None:
+    """The spawner's Docker call summaries (hub.spawner.DockerCalls) the hub logged during the run."""
+    logs = subprocess.run(["docker", "logs", "--since", str(int(since)), f"{instance}-hub-1"], capture_output=True,
+                          text=True)
+    found = re.findall(r"Docker calls in the last \d+ s: (\d+) .*?waited for a thread p50 (\d+) p95 (\d+) "
+                       r"max (\d+) ms; took p50 (\d+) p95 (\d+)", logs.stdout + logs.stderr)
+    if not found:
+        print("  the spawner's Docker calls: no summary in the hub's log (a run shorter than a minute?)")
+        return
+    minutes = [tuple(map(int, f)) for f in found]
+    print(f"  the spawner's Docker calls: {sum(m[0] for m in minutes)} in {len(minutes)} logged minutes; "
+          f"waiting for a thread, worst minute: p95 {max(m[2] for m in minutes)} ms, max {max(m[3] for m in minutes)}"
+          f" ms; a call's p95, worst minute: {max(m[5] for m in minutes)} ms")
+
+
 def hub_server_image(instance: str) -> str:
     """LAB_SERVER_IMAGE as the running hub has it (empty: the course image)."""
     env = subprocess.run(["docker", "inspect", "-f", "{{json .Config.Env}}", f"{instance}-hub-1"],
@@ -499,7 +514,7 @@ def main() -> int:
     try:
         cpu0 = watcher.cpu()
         sampler.start()
-        t0 = time.perf_counter()
+        t0, wall0 = time.perf_counter(), time.time()
         results = arrivals(a.n, a.window, lambda i: play_student(a.url, students[i], a.timeout, a.mini))
         elapsed = time.perf_counter() - t0
         watcher.stop.set()
@@ -520,6 +535,7 @@ def main() -> int:
             from hub.netguard import TOLERANCE
             print(f"  netguard heartbeat: largest age seen {watcher.heartbeat_age:.1f} s (the hub's tolerance: "
                   f"{TOLERANCE:.0f} s)")
+        docker_call_figures(a.instance, wall0)
         server_figures(a.instance, students)
         if floor_totals and totals:
             print(f"\nratio lab/floor: p50 {percentile(totals, 50) / percentile(floor_totals, 50):.2f}x   "

@@ -256,6 +256,7 @@ def update_spawner(c, settings: Settings) -> None:
     s.cpu_limit = float(settings.get("spawner.cpu_limit"))
     s.start_timeout = settings.get("spawner.start_timeout")
     s.starts_at_once = settings.get("spawner.starts_at_once")
+    s.docker_threads = settings.get("spawner.docker_threads")
     s.http_timeout = settings.get("spawner.http_timeout")
     s.default_url = "/lab"
     env = {}

@@ -164,6 +164,7 @@ DEFAULTS: dict[str, Any] = {
         "start_timeout": 180,
         "http_timeout": 120,
         "starts_at_once": 0,
+        "docker_threads": 4,
         "home_volume": "{instance}-home-{username}",
         "environment": {},
     },
@@ -338,6 +339,9 @@ SCHEMA: dict[str, Any] = {
                              "title": "`/dev/shm` size (PyTorch DataLoader workers need more than Docker's 64M)"},
                 "start_timeout": {"type": "integer", "minimum": 10, "title": "seconds for a container to start"},
                 "http_timeout": {"type": "integer", "minimum": 10, "title": "seconds for its server to answer"},
+                "docker_threads": {"type": "integer", "minimum": 1, "maximum": 64,
+                                   "title": "threads that make the spawner's Docker API calls (DockerSpawner has "
+                                            "one for everyone; the hub logs how long calls wait for one)"},
                 "starts_at_once": {"type": "integer", "minimum": 0,
                                    "title": "servers started at a time; others wait in line, in order, and see "
                                             "their place (0: two per CPU core of the host, at least 4)"},

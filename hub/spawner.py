@@ -18,6 +18,7 @@ import html
 import inspect
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import docker
 import docker.types
@@ -143,8 +144,71 @@ class StartQueue:
         return None
 
 
+class DockerCalls:
+    """How long DockerSpawner's Docker API calls wait for its worker thread, and how long they take.
+
+    DockerSpawner sends every call (creating, starting, inspecting and polling every student's
+    container) through one executor, by default a single thread: at 9:00 that line may be what
+    everyone waits in. Nothing in DockerSpawner measures it, so the spawner times each call here
+    and logs a summary each minute in which there were calls (bench/burst.py prints the worst)."""
+
+    EVERY = 60.0
+
+    def __init__(self):
+        self.calls: list[tuple[str, float, float]] = []  # (method, waited, took)
+        self.since = time.monotonic()
+
+    def record(self, method: str, waited: float, took: float, log=None) -> None:
+        self.calls.append((method, waited, took))
+        if time.monotonic() - self.since >= self.EVERY:
+            line = self.summary()
+            self.calls, self.since = [], time.monotonic()
+            if log:
+                log.info(line)
+
+    def summary(self) -> str:
+        def ms(values: list[float], q: float) -> str:
+            ordered = sorted(values)
+            return f"{1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]:.0f}"
+        waited = [c[1] for c in self.calls]
+        took = [c[2] for c in self.calls]
+        kinds = collections.Counter(c[0] for c in self.calls).most_common(4)
+        return (f"Docker calls in the last {time.monotonic() - self.since:.0f} s: {len(self.calls)} "
+                f"({', '.join(f'{k} {n}' for k, n in kinds)}); waited for a thread p50 {ms(waited, 0.5)} "
+                f"p95 {ms(waited, 0.95)} max {ms(waited, 1.0)} ms; took p50 {ms(took, 0.5)} p95 {ms(took, 0.95)} "
+                f"max {ms(took, 1.0)} ms")
+
+
 class CourseSpawner(DockerSpawner):
     """DockerSpawner with the lab's defaults and start-up failure reporting."""
+
+    docker_threads = Int(
+        1,
+        config=True,
+        help="Threads that make Docker API calls (DockerSpawner: one for all students).",
+    )
+
+    _docker_calls = DockerCalls()
+
+    @property
+    def executor(self):
+        cls = CourseSpawner
+        if cls._executor is None:
+            cls._executor = ThreadPoolExecutor(max(1, self.docker_threads), thread_name_prefix="docker")
+        return cls._executor
+
+    def docker(self, method, *args, **kwargs):
+        """DockerSpawner's call, timed: in line for a thread, then the call itself (DockerCalls)."""
+        queued = time.perf_counter()
+
+        def call():
+            started = time.perf_counter()
+            try:
+                return self._docker(method, *args, **kwargs)
+            finally:
+                self._docker_calls.record(method, started - queued, time.perf_counter() - started, self.log)
+
+        return asyncio.wrap_future(self.executor.submit(call))
 
     lab_instance = Unicode(
         "mlops-lab",
@@ -389,7 +453,21 @@ class CourseSpawner(DockerSpawner):
     async def _wait_for_port_or_exit(self, ip: str, port: int) -> None:
         """Return once ip:port accepts a connection; raise ContainerExited if the container stops."""
         deadline = time.monotonic() + self.start_timeout
+        checked = 0.0
         while time.monotonic() < deadline:
+            try:
+                _reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=2)
+            except (OSError, asyncio.TimeoutError):
+                pass
+            else:
+                writer.close()
+                return
+            if time.monotonic() - checked < 2:
+                # Ask Docker whether it still runs every 2 s, not at every try: each question waits
+                # in DockerSpawner's one line of Docker calls with everyone else's.
+                await asyncio.sleep(0.25)
+                continue
+            checked = time.monotonic()
             container = await self.get_object()
             state = (container or {}).get("State", {})
             if not container or not state.get("Running"):
@@ -403,13 +481,6 @@ class CourseSpawner(DockerSpawner):
                     await self.remove_object()
                 self.object_id = ""
                 raise ContainerExited(self.container_name, exit_code, tail)
-            try:
-                _reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=2)
-            except (OSError, asyncio.TimeoutError):
-                await asyncio.sleep(0.5)
-                continue
-            writer.close()
-            return
         # Running but silent: let JupyterHub's own http_timeout handling report it.
         self.log.warning("Server of %s did not open port %s within %ss", self.user.name, port, self.start_timeout)
 

@@ -1,5 +1,7 @@
 """The hub's configuration and spawner options, checked without Docker."""
 
+import asyncio
+
 import pytest
 from jupyterhub.app import JupyterHub
 from tornado import web
@@ -345,3 +347,44 @@ def test_managed_services_may_start_slowly_on_a_busy_host(tmp_path):
     services = {s["name"]: s for s in config_for(tmp_path).JupyterHub.services}
     for name in ("course", "formgrader", "roster", "gpu-usage"):
         assert services[name]["timeout"] == 300, name
+
+
+def test_docker_calls_are_timed_and_summarised_each_minute():
+    from hub.spawner import DockerCalls
+
+    class Log:
+        lines = []
+
+        def info(self, line):
+            self.lines.append(line)
+
+    calls, log = DockerCalls(), Log()
+    for i in range(100):
+        calls.record("inspect_container", waited=i / 1000, took=0.010, log=log)
+    calls.record("create_container", waited=0.5, took=0.2, log=log)
+    assert log.lines == []  # within the first minute: nothing logged yet
+    calls.since -= DockerCalls.EVERY
+    calls.record("start", waited=0.0, took=0.05, log=log)
+    assert len(log.lines) == 1 and calls.calls == []
+    line = log.lines[0]
+    assert line.startswith("Docker calls in the last 60 s: 102 (inspect_container 100, create_container 1, start 1)")
+    assert "waited for a thread p50 50 p95 95 max 500 ms" in line and "took p50 10 p95 10 max 200 ms" in line
+
+
+def test_the_spawner_makes_docker_calls_on_the_threads_set(tmp_path):
+    from hub.spawner import DockerCalls
+    c = config_for(tmp_path, "spawner:\n  docker_threads: 3\n")
+    CourseSpawner._executor = None  # one executor per hub process; start afresh
+    try:
+        spawner = spawner_for(c)
+        assert spawner.docker_threads == 3 and spawner.executor._max_workers == 3
+        spawner._docker_calls = DockerCalls()
+        spawner._docker = lambda method, *args, **kw: (method, args, kw)  # no engine in unit tests
+
+        async def call():
+            return await spawner.docker("inspect_container", "lab-s1", size=False)
+
+        assert asyncio.run(call()) == ("inspect_container", ("lab-s1",), {"size": False})
+        assert [c[0] for c in spawner._docker_calls.calls] == ["inspect_container"]
+    finally:
+        CourseSpawner._executor = None
