@@ -23,7 +23,8 @@ set -a; . ./.env; set +a
 if [ "${LAB_HUB_DB_URL:-}" = postgres ]; then
   # The bundled PostgreSQL server for the hub's database, with a password made here, once.
   LAB_HUB_DB_URL="postgresql://hub:$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')@hubdb/jupyterhub"
-  sed -i "s|^LAB_HUB_DB_URL=.*|LAB_HUB_DB_URL=$LAB_HUB_DB_URL|" .env
+  sed -i "/^LAB_HUB_DB_URL=/d" .env
+  echo "LAB_HUB_DB_URL=$LAB_HUB_DB_URL" >> .env
   say "LAB_HUB_DB_URL=postgres: the hub's database is the bundled PostgreSQL server (its URL, with a fresh password, is now in .env)"
 fi
 export LAB_IMAGE_TAG="${LAB_IMAGE_TAG:-$(cat VERSION)}"
