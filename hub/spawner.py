@@ -17,6 +17,7 @@ import copy
 import html
 import inspect
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -157,14 +158,17 @@ class DockerCalls:
     def __init__(self):
         self.calls: list[tuple[str, float, float]] = []  # (method, waited, took)
         self.since = time.monotonic()
+        self.lock = threading.Lock()  # recorded from every Docker thread
 
     def record(self, method: str, waited: float, took: float, log=None) -> None:
-        self.calls.append((method, waited, took))
-        if time.monotonic() - self.since >= self.EVERY:
-            line = self.summary()
-            self.calls, self.since = [], time.monotonic()
-            if log:
-                log.info(line)
+        line = None
+        with self.lock:
+            self.calls.append((method, waited, took))
+            if time.monotonic() - self.since >= self.EVERY:
+                line = self.summary()
+                self.calls, self.since = [], time.monotonic()
+        if line and log:
+            log.info(line)
 
     def summary(self) -> str:
         def ms(values: list[float], q: float) -> str:
@@ -463,8 +467,8 @@ class CourseSpawner(DockerSpawner):
                 writer.close()
                 return
             if time.monotonic() - checked < 2:
-                # Ask Docker whether it still runs every 2 s, not at every try: each question waits
-                # in DockerSpawner's one line of Docker calls with everyone else's.
+                # Ask Docker whether it still runs every 2 s, not at every try: each question shares
+                # the spawner's few Docker threads with every other student's calls.
                 await asyncio.sleep(0.25)
                 continue
             checked = time.monotonic()
