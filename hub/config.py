@@ -25,14 +25,17 @@ HOME = "/home/jovyan"
 SERVICE_START_TIMEOUT = 300  # seconds a managed service may take to answer when the hub starts
 
 
-def apply(c, settings: Settings, proxy_tokens: dict[str, str] | None = None) -> None:
+def apply(c, settings: Settings, proxy_tokens: dict[str, str] | None = None, metrics_token: str | None = None) -> None:
     """Set every part of the hub's configuration from ``settings``; ``proxy_tokens`` are the
-    proxy's API token and the proxy-sync service's (``hub.proxy.ensure_tokens``, in the hub)."""
+    proxy's API token and the proxy-sync service's (``hub.proxy.ensure_tokens``, in the hub);
+    ``metrics_token`` is Prometheus's (``hub.monitoring.write_prometheus_config``)."""
     update_hub(c, settings)
     update_proxy(c, proxy_tokens)
     update_auth(c, settings)
     update_spawner(c, settings)
     update_services(c, settings)
+    update_monitoring(c, settings, metrics_token)
+    update_warm(c, settings)
     if proxy_tokens:
         # The proxy asks the hub for every route when it (re)starts: this service's only right.
         c.JupyterHub.services.append({"name": "proxy-sync", "api_token": proxy_tokens[SYNC_TOKEN]})
@@ -367,6 +370,47 @@ def update_services(c, settings: Settings) -> None:
             service.setdefault("timeout", SERVICE_START_TIMEOUT)
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
+
+
+def update_monitoring(c, settings: Settings, metrics_token: str | None) -> None:
+    """Prometheus reads the hub's metrics with its own token (``read:metrics``, nothing else); the
+    staff page ``monitor`` shows what it gathered, to admins and instructors."""
+    if not settings.get("monitoring.enabled"):
+        return
+    if metrics_token:
+        c.JupyterHub.services.append({"name": "prometheus", "api_token": metrics_token})
+        c.JupyterHub.load_roles.append({"name": "prometheus", "description": "Prometheus: read the hub's metrics.",
+                                        "scopes": ["read:metrics"], "services": ["prometheus"]})
+    c.JupyterHub.services.append({
+        "name": "monitor",
+        "url": service_bind_url(settings, 10107),
+        "command": [sys.executable, "-m", "hub.services.monitor"],
+        "environment": settings.process_environment(),
+        "oauth_no_confirm": True,
+        "display": True,
+        "timeout": SERVICE_START_TIMEOUT,
+    })
+    grant_instructors(c, "access:services!service=monitor")
+
+
+def update_warm(c, settings: Settings) -> None:
+    """Warm capacity before each session (hub.services.warm), when the operator turns it on."""
+    if not settings.get("warm.enabled"):
+        return
+    from .services.warm import service_definition
+
+    service, role = service_definition(settings)
+    service.setdefault("timeout", SERVICE_START_TIMEOUT)
+    c.JupyterHub.services.append(service)
+    c.JupyterHub.load_roles.append(role)
+    grant_instructors(c, "access:services!service=warm")
+
+
+def grant_instructors(c, scope: str) -> None:
+    """Instructors may also use this (a service that exists only when its setting is on)."""
+    for role in c.JupyterHub.load_roles:
+        if role["name"] == "course-instructor":
+            role["scopes"].append(scope)
 
 
 def service_bind_url(settings: Settings, port: int) -> str:

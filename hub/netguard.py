@@ -59,15 +59,17 @@ def chain_names(instance: str) -> tuple[str, str]:
 
 
 def render_rules(fwd: str, inp: str, hub: str | None, egress: str | None, isolate: bool,
-                 proxy: str | None = None) -> str:
-    """The iptables-restore input for our two chains."""
+                 proxy: str | None = None, prometheus: str | None = None) -> str:
+    """The iptables-restore input for our two chains. Connections from the hub, the proxy, the
+    egress proxy and Prometheus (which scrapes the metrics service) are let through; to the
+    students, only the hub's API, the proxy and the egress proxy are open."""
     lines = ["*filter", f":{fwd} - [0:0]", f":{inp} - [0:0]"]
     for chain in (fwd, inp):
         lines.append(f"-A {chain} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
         if not isolate:
             lines.append(f"-A {chain} -j RETURN")
             continue
-        for trusted in (hub, proxy, egress):
+        for trusted in (hub, proxy, egress, prometheus):
             if trusted:
                 lines.append(f"-A {chain} -s {trusted}/32 -j RETURN")
     if isolate:
@@ -150,7 +152,7 @@ class Guard:
             return f"unreadable: {e.stderr}"
 
     def discover(self) -> tuple[str | None, dict[str, str]]:
-        """(bridge name, {service: IP} of the hub, proxy and egress) of this lab, from Docker."""
+        """(bridge name, {service: IP} of the hub, proxy, egress and Prometheus) of this lab, from Docker."""
         try:
             net = self.client.networks.get(self.network)
         except self.errors.NotFound:
@@ -165,16 +167,17 @@ class Guard:
             endpoint = container.attrs["NetworkSettings"]["Networks"].get(self.network)
             if service and endpoint and endpoint.get("IPAddress"):
                 ips[service] = str(ipaddress.ip_address(endpoint["IPAddress"]))
-        return bridge, {k: v for k, v in ips.items() if k in ("hub", "proxy", "egress")}
+        return bridge, {k: v for k, v in ips.items() if k in ("hub", "proxy", "egress", "prometheus")}
 
     def apply_once(self) -> None:
         bridge, ips = self.discover()
         if bridge is not None:
-            self.apply(bridge, ips.get("hub"), ips.get("egress"), ips.get("proxy"))
+            self.apply(bridge, ips.get("hub"), ips.get("egress"), ips.get("proxy"), ips.get("prometheus"))
 
-    def apply(self, bridge: str, hub: str | None, egress: str | None, proxy: str | None = None) -> None:
+    def apply(self, bridge: str, hub: str | None, egress: str | None, proxy: str | None = None,
+              prometheus: str | None = None) -> None:
         """Put the rules for these addresses in force, unless the kernel already shows them."""
-        rules = render_rules(self.fwd, self.inp, hub, egress, self.isolate, proxy)
+        rules = render_rules(self.fwd, self.inp, hub, egress, self.isolate, proxy, prometheus)
         key = bridge + rules
         with self.lock:
             expected = self.in_force if key == self.applied else None
@@ -184,7 +187,8 @@ class Guard:
         subprocess.run(["iptables-restore", "-w", "--noflush"], input=rules, text=True, check=True,
                        capture_output=True)
         if key != self.applied:
-            print(f"[netguard] {self.network} ({bridge}): hub {hub or '-'}, proxy {proxy or '-'}, egress {egress or '-'};"
+            print(f"[netguard] {self.network} ({bridge}): hub {hub or '-'}, proxy {proxy or '-'}, egress {egress or '-'},"
+                  f" prometheus {prometheus or '-'};"
                   f" students {'isolated' if self.isolate else 'not isolated (network.isolate: false)'}",
                   flush=True)
         ensure_jump("DOCKER-USER", bridge, self.fwd)

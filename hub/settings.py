@@ -222,6 +222,19 @@ DEFAULTS: dict[str, Any] = {
         "isolate": True,
         "allowed_hosts": ["pypi.org", "files.pythonhosted.org", "download.pytorch.org"],
     },
+    "warm": {
+        "enabled": False,
+        "memory_budget": "0",
+        "lead_minutes": 20,
+        "active_within_days": 3,
+        "hold_minutes": 30,
+        "session_start": "09:00",
+    },
+    "monitoring": {
+        "enabled": True,
+        "retention": "30d",
+        "scrape_seconds": 15,
+    },
 }
 
 # Which device modes serve which kind of GPU profile.
@@ -444,6 +457,43 @@ SCHEMA: dict[str, Any] = {
                               "description": "a host name like pypi.org or *.example.org"},
                     "title": "hosts student servers may reach through the egress proxy (`*.example.org` allowed)",
                 },
+            },
+        },
+        "warm": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "enabled": {"type": "boolean",
+                            "title": "start recently active students' servers shortly before each session of the "
+                                     "calendar, so that they find them running at 9:00"},
+                "memory_budget": {"type": "string", "pattern": r"^(0|[0-9]+(\.[0-9]+)?[KMGT])$",
+                                  "description": "a size like 64G, or 0", "title": "memory the warm servers may take together (their profile's "
+                                                    "`mem_limit` each); `0`: none are started"},
+                "lead_minutes": {"type": "integer", "minimum": 1, "maximum": 240,
+                                 "title": "minutes before a session's start when warm servers are started"},
+                "active_within_days": {"type": "integer", "minimum": 1, "maximum": 60,
+                                       "title": "a student counts as recently active if they used the lab within "
+                                                "these days"},
+                "hold_minutes": {"type": "integer", "minimum": 1, "maximum": 240,
+                                 "title": "minutes after the session's start that an unused warm server is kept "
+                                          "(the culler leaves it meanwhile); then it is stopped"},
+                "session_start": {"type": "string", "pattern": r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+                                  "description": "a time like 09:00",
+                                  "title": "when a session starts on its day, in the calendar's time zone, unless "
+                                           "one of its assignments is released earlier"},
+            },
+        },
+        "monitoring": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "enabled": {"type": "boolean",
+                            "title": "run Prometheus (compose profile `monitoring`) and the staff page "
+                                     "`/services/monitor/`"},
+                "retention": {"type": "string", "pattern": r"^[1-9][0-9]*(h|d|w)$", "description": "like 30d",
+                              "title": "how long Prometheus keeps its figures (like `30d`)"},
+                "scrape_seconds": {"type": "integer", "minimum": 5, "maximum": 300,
+                                   "title": "seconds between two readings of every figure"},
             },
         },
         "gpus": {

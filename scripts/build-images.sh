@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the lab's images (hub, demo identity provider, course; the bench's minimal server) with the classic builder.
-#   scripts/build-images.sh [--if-missing] [hub|idp|course|mini|postgres ...]
-#   (postgres: the bundled hub database server; mini: only for bench/burst.py --mini)
+#   scripts/build-images.sh [--if-missing] [hub|idp|course|mini|postgres|prometheus ...]
+#   (postgres: the bundled hub database server; prometheus: monitoring; mini: only for bench/burst.py --mini)
 # Settings come from the environment (see .env.example):
 #   LAB_IMAGE_TAG        tag for all three images (default: the VERSION file)
 #   LAB_TORCH_VARIANT    cuda | cpu | auto (auto: cuda where nvidia-smi sees a GPU, else cpu)
@@ -29,8 +29,8 @@ images=()
 for a in "$@"; do
   case "$a" in
     --if-missing) only_missing=1 ;;
-    hub|idp|course|mini|postgres) images+=("$a") ;;
-    *) die "unknown argument '$a' (expected --if-missing, hub, idp, course, mini or postgres)" ;;
+    hub|idp|course|mini|postgres|prometheus) images+=("$a") ;;
+    *) die "unknown argument '$a' (expected --if-missing, hub, idp, course, mini, postgres or prometheus)" ;;
   esac
 done
 [ ${#images[@]} -gt 0 ] || images=(hub idp course)  # postgres: when asked (LAB_HUB_DB_URL); mini: bench only

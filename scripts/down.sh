@@ -16,11 +16,11 @@ if [ -n "$ids" ]; then
   docker rm -f $ids >/dev/null
   echo "[down] stopped $(echo "$ids" | wc -w) student server(s); their homes are kept"
 fi
-if ! docker compose --profile demo --profile postgres down 2>/tmp/lab-down.$$; then
+if ! docker compose --profile demo --profile postgres --profile monitoring down 2>/tmp/lab-down.$$; then
   cat /tmp/lab-down.$$ >&2
   # After a day of many student containers Docker can keep a stale endpoint on the network (no
   # container behind it): everything is stopped, only the network stays, and `make up` reuses it.
-  if grep -q "has active endpoints" /tmp/lab-down.$$ && [ -z "$(docker compose --profile demo --profile postgres ps -q)" ]; then
+  if grep -q "has active endpoints" /tmp/lab-down.$$ && [ -z "$(docker compose --profile demo --profile postgres --profile monitoring ps -q)" ]; then
     echo "[down] the lab is stopped; Docker kept its network (a stale endpoint, an engine issue); make up" \
          "reuses it, and restarting the Docker engine removes it" >&2
   else

@@ -68,7 +68,7 @@ say "unit tests"
 say "engine, base image and the lab's images"
 bash scripts/bootstrap.sh all
 bash scripts/build-images.sh
-bash scripts/build-images.sh postgres  # the test lab's hub database, and the gradebook test's
+bash scripts/build-images.sh postgres prometheus  # the test lab's hub database (and the gradebook test's), its monitoring
 
 if [ "$step" = gpu ]; then
   say "real-GPU checks (tests/gpu)"

@@ -35,17 +35,22 @@ bundled_db=0
 case "${LAB_HUB_DB_URL:-}" in *@hubdb/*|*@hubdb:*) bundled_db=1 ;; esac
 [ "$bundled_db" = 1 ] && bash scripts/build-images.sh postgres
 
-# Check the settings with the hub's own code before starting anything; learn whether it is a demo.
-provider=$(docker run --rm --network none \
+# Check the settings with the hub's own code before starting anything; learn whether it is a demo
+# and whether monitoring is on.
+read -r provider monitoring < <(docker run --rm --network none \
   -v "$PWD/lab.yaml:/srv/lab/lab.yaml:ro" --env-file .env \
   "mlops-lab/hub:$tag" python3 -c '
 from hub.settings import load_settings_or_exit
-print("demo" if load_settings_or_exit("settings").demo else "live")
-' 2> >(sed 's#/srv/lab/lab.yaml#lab.yaml#g' >&2)) || die "fix lab.yaml or .env as said above, then run make up again"
+s = load_settings_or_exit("settings")
+print("demo" if s.demo else "live", "on" if s.get("monitoring.enabled") else "off")
+' 2> >(sed 's#/srv/lab/lab.yaml#lab.yaml#g' >&2)) || true
+[ -n "${provider:-}" ] || die "fix lab.yaml or .env as said above, then run make up again"
+[ "$monitoring" = on ] && bash scripts/build-images.sh --if-missing prometheus
 
 profiles=()
 [ "$provider" = demo ] && profiles=(--profile demo)
 [ "$bundled_db" = 1 ] && profiles+=(--profile postgres)
+[ "$monitoring" = on ] && profiles+=(--profile monitoring)
 docker compose "${profiles[@]}" up -d --remove-orphans
 
 port="${LAB_HTTP_PORT:-8000}"

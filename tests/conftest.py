@@ -114,6 +114,8 @@ grading:
   pids_limit: 64
   cell_timeout: 20
   wall_seconds: 120
+monitoring:
+  scrape_seconds: 5
 gpus:
   devices:
     - {{id: GPU-00000000-0000-0000-0000-0000000000a0, mode: shared, max_users: 2}}
@@ -160,7 +162,7 @@ class Lab:
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         cmd = ["docker", "compose", "--project-directory", str(ROOT), "--env-file", str(self.env_file),
-               "-p", INSTANCE, "--profile", "demo", "--profile", "postgres", *args]
+               "-p", INSTANCE, "--profile", "demo", "--profile", "postgres", "--profile", "monitoring", *args]
         return subprocess.run(cmd, check=check, capture_output=True, text=True)
 
     def api(self, method: str, path: str, **kw) -> requests.Response:
@@ -211,7 +213,13 @@ class Lab:
         502 to 504 are the proxy's and the hub's answers for a service not up yet."""
         return self.session.get(f"{self.service_url('gpu-usage')}/?format=json", timeout=5).ok and \
             self.session.get(f"{self.service_url('roster')}/api/roster", timeout=5).ok and \
-            self.course("GET", "api/status").status_code not in (502, 503, 504)
+            self.course("GET", "api/status").status_code not in (502, 503, 504) and \
+            self._monitor_answers()
+
+    def _monitor_answers(self) -> bool:
+        """The monitor page answers (itself 503 with a reason while Prometheus starts)."""
+        r = self.session.get(f"{self.service_url('monitor')}/?format=json", timeout=10)
+        return r.status_code not in (502, 503, 504) or "Prometheus" in r.text
 
     def wait_hub(self, timeout: float = 120) -> None:
         """Return once the hub and its services answer."""

@@ -95,7 +95,8 @@ def hub_container(lab):
 
 def test_blocked_targets_fail_and_the_hub_answers(lab, two_containers, host_service):
     """From a student: the hub's API and the proxy answer; the proxy's API, another student, the IdP,
-    the hub's database server, the host, metadata do not."""
+    the hub's database server, Prometheus and the metrics exporter, the host, metadata do not, and
+    the hub's metrics refuse the student's token."""
     me, other = two_containers
     network = lab.instance
     gateway = docker_json("network", "inspect", network)[0]["IPAM"]["Config"][0]["Gateway"]
@@ -105,8 +106,11 @@ def test_blocked_targets_fail_and_the_hub_answers(lab, two_containers, host_serv
     with socket.create_connection(("127.0.0.1", host_service), timeout=5):
         pass
     control = probe(hub_container(lab), {"other": ["tcp", other_ip, 8888], "idp": ["tcp", idp_ip, 9400],
-                                         "chp_api": ["tcp", "proxy", 8001], "hub_db": ["tcp", "hubdb", 5432]})
-    assert control == {"other": "open", "idp": "open", "chp_api": "open", "hub_db": "open"}
+                                         "chp_api": ["tcp", "proxy", 8001], "hub_db": ["tcp", "hubdb", 5432],
+                                         "prometheus": ["tcp", "prometheus", 9090],
+                                         "metrics": ["tcp", "metrics", 9101]})
+    assert control == {"other": "open", "idp": "open", "chp_api": "open", "hub_db": "open", "prometheus": "open",
+                       "metrics": "open"}
     # The student's view.
     token = docker_json("inspect", me)[0]["Config"]["Env"]
     token = next(e.split("=", 1)[1] for e in token if e.startswith("JUPYTERHUB_API_TOKEN="))
@@ -119,10 +123,16 @@ def test_blocked_targets_fail_and_the_hub_answers(lab, two_containers, host_serv
         "docker_tcp_api": ["tcp", gateway, 2375],
         "chp_api": ["tcp", "proxy", 8001],
         "hub_db": ["tcp", "hubdb", 5432],
+        "prometheus": ["tcp", "prometheus", 9090],
+        "metrics": ["tcp", "metrics", 9101],
+        # The hub's metrics need read:metrics, which a student's token has not.
+        "hub_metrics": ["http", "http://hub:8081/hub/metrics", None, token],
     })
     assert seen["hub_api"] == 200
     assert seen["proxy"] == 200
-    for target in ("other_student", "idp", "host_service", "docker_tcp_api", "chp_api", "hub_db"):
+    assert seen["hub_metrics"] == 403
+    for target in ("other_student", "idp", "host_service", "docker_tcp_api", "chp_api", "hub_db", "prometheus",
+                   "metrics"):
         assert seen[target] == "refused", (target, seen[target])
     # Traffic off this machine is probed only once this lab's own chain ends in REJECT, so a
     # missing rule can never send a packet to the metadata address or the internet.

@@ -74,3 +74,18 @@ def test_the_hub_reads_the_heartbeat_and_says_why_it_refuses(tmp_path, monkeypat
     assert netguard.heartbeat_problem("lab").startswith(f"unreadable ({heartbeat}")
     netguard.clear_heartbeat()
     assert not heartbeat.exists()
+
+
+def test_prometheus_may_connect_out_but_students_may_not_reach_it():
+    from hub.netguard import render_rules
+
+    rules = render_rules("FWD", "INP", "10.0.0.2", "10.0.0.3", True, "10.0.0.4", "10.0.0.5").splitlines()
+    # Prometheus's own connections (to the metrics service) pass, in both chains.
+    assert "-A FWD -s 10.0.0.5/32 -j RETURN" in rules and "-A INP -s 10.0.0.5/32 -j RETURN" in rules
+    # Nothing opens a port on it: only the hub's API, the proxy and the egress proxy are destinations.
+    destinations = [r for r in rules if " -d " in r]
+    assert len(destinations) == 3 and not any("10.0.0.5" in r for r in destinations)
+    assert rules[-3:] == ["-A INP -p tcp -j REJECT --reject-with tcp-reset",
+                          "-A INP -j REJECT --reject-with icmp-admin-prohibited", "COMMIT"]
+    # Without monitoring, no rule names it.
+    assert "None" not in render_rules("FWD", "INP", "10.0.0.2", "10.0.0.3", True, "10.0.0.4")

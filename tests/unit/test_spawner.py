@@ -175,7 +175,7 @@ def test_no_admin_token_no_admin_service(tmp_path):
     """Without a token there is no automation service at all."""
     c = config_for(tmp_path)
     assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "gpu-usage", "roster", "course", "sandbox",
-                                                         "formgrader"]
+                                                         "formgrader", "monitor"]
 
 
 def test_course_services_their_access_and_the_student_token(tmp_path):
