@@ -116,6 +116,11 @@ grading:
   wall_seconds: 120
 monitoring:
   scrape_seconds: 5
+warm:
+  enabled: true
+  memory_budget: 4G
+  lead_minutes: 20
+  hold_minutes: 30
 gpus:
   devices:
     - {{id: GPU-00000000-0000-0000-0000-0000000000a0, mode: shared, max_users: 2}}
@@ -214,11 +219,11 @@ class Lab:
         return self.session.get(f"{self.service_url('gpu-usage')}/?format=json", timeout=5).ok and \
             self.session.get(f"{self.service_url('roster')}/api/roster", timeout=5).ok and \
             self.course("GET", "api/status").status_code not in (502, 503, 504) and \
-            self._monitor_answers()
+            self._answers("monitor", "?format=json") and self._answers("warm", "api/status")
 
-    def _monitor_answers(self) -> bool:
-        """The monitor page answers (itself 503 with a reason while Prometheus starts)."""
-        r = self.session.get(f"{self.service_url('monitor')}/?format=json", timeout=10)
+    def _answers(self, service: str, path: str) -> bool:
+        """A service answers (the monitor page itself says 503, with a reason, while Prometheus starts)."""
+        r = self.session.get(f"{self.service_url(service)}/{path}", timeout=10)
         return r.status_code not in (502, 503, 504) or "Prometheus" in r.text
 
     def wait_hub(self, timeout: float = 120) -> None:
