@@ -15,8 +15,9 @@ help:
 	@echo "make test-gpu  on a GPU host: spawn a GPU server through the hub and train on it"
 	@echo "make bench   bench/spawn.py against the running lab"
 	@echo "make bench-autograde [M=40]  bench/autograde.py: our sandboxed parallel grader vs nbgrader's serial autograde"
-	@echo "make bench-burst [N=100] [WINDOW=120]  bench/burst.py: N students log in and start servers within WINDOW seconds"
-	@echo "make bench-burst-mini [N=300] [WINDOW=300]  the same with minimal servers: the hub, proxy and spawner under load"
+	@echo "make bench-burst [N=100] [WINDOW=120] [WARM=1]  bench/burst.py: N students log in and start servers within WINDOW seconds"
+	@echo "make bench-burst-mini [N=300] [WINDOW=300] [WARM=1]  the same with minimal servers: the hub, proxy and spawner under load"
+	@echo "   (WARM=1: the warm service starts their servers first, as before a session; needs warm.enabled)"
 
 up:
 	bash scripts/up.sh
@@ -68,8 +69,8 @@ bench-autograde:
 
 bench-burst:
 	bash scripts/test.sh setup
-	.venv/bin/python bench/burst.py -n $(or $(N),100) --window $(or $(WINDOW),120)
+	.venv/bin/python bench/burst.py -n $(or $(N),100) --window $(or $(WINDOW),120) $(if $(WARM),--warm)
 
 bench-burst-mini:
 	bash scripts/test.sh setup
-	bash scripts/bench-burst-mini.sh $(or $(N),300) $(or $(WINDOW),300)
+	bash scripts/bench-burst-mini.sh $(or $(N),300) $(or $(WINDOW),300) $(if $(WARM),--warm)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The 9:00 burst: N students open the lab within a few minutes, played the way browsers do.
 
-    bench/burst.py [-n 100] [--window 120] [--no-floor] [--keep] [--mini]
+    bench/burst.py [-n 100] [--window 120] [--no-floor] [--keep] [--mini] [--warm]
 
 Against the running lab (`make up`, demo mode: the bundled DTU provider signs the students in).
 Each student, at their arrival time (spread evenly over the window):
@@ -28,6 +28,13 @@ phase), failures by phase and cause, the CPU and memory of the hub's container a
 in it, the memory and start CPU of a student's server, the largest age of netguard's heartbeat
 seen during the burst, and the floor's figures with the ratio.
 
+With --warm, the lab's warm capacity is used as at 9:00 on a course day: the bench students are
+marked as having used the lab yesterday (their hub activity), the warm service is asked to warm
+for the next session now (``POST /services/warm/api/warm``, as an operator can), and the burst
+starts once their servers are up; it prints how long that took. Each student then logs in and
+lands in their running server. lab.yaml needs ``warm.enabled: true`` and a
+``warm.memory_budget`` of at least N times the CPU profile's memory limit.
+
 Before: the bench students (s98xxxx, "Bench Student n") are added to the roster through the
 roster service, and their DTU accounts to the demo provider. After (unless --keep): their
 servers are stopped, the roster is put back as it was, their hub users and home volumes removed.
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
 import io
 import json
 import os
@@ -371,6 +379,47 @@ class Lab:
             sys.exit(f"burst: the roster import was refused: {r.text[:400]}")
         return before
 
+    def warm_service(self, method: str, path: str, **kw) -> requests.Response:
+        u = urlparse(self.url)
+        return self.api.request(method, f"{u.scheme}://warm--service.{u.netloc}/services/warm/{path}",
+                                timeout=300, **kw)
+
+    def warm(self, students: list[str], timeout: float) -> float:
+        """As on a course morning: the students used the lab yesterday; the warm service starts
+        their servers before the session. Returns the seconds until all were up."""
+        r = self.warm_service("GET", "api/status")
+        if r.status_code != 200:
+            sys.exit(f"burst --warm: the warm service answered {r.status_code} ({r.text[:200]}); "
+                     "is warm.enabled true in lab.yaml?")
+        fit = r.json()["fit"]
+        if fit < len(students):
+            sys.exit(f"burst --warm: warm.memory_budget ({r.json()['budget']}) fits {fit} servers of "
+                     f"{r.json()['server_memory']}, not {len(students)}: raise it in lab.yaml, then make up")
+        yesterday = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)).isoformat()
+        with ThreadPoolExecutor(16) as pool:
+            for got in pool.map(lambda sid: self.api.post(f"{self.url}/hub/api/users/{sid}/activity",
+                                                          json={"last_activity": yesterday}, timeout=60), students):
+                if got.status_code != 200:
+                    sys.exit(f"burst --warm: could not set a bench student's activity: {got.status_code} {got.text[:200]}")
+        t0 = time.perf_counter()
+        r = self.warm_service("POST", "api/warm", json={})
+        if r.status_code != 200:
+            sys.exit(f"burst --warm: api/warm answered {r.status_code}: {r.text[:300]}")
+        wanted = set(students)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            servers = {e["user"]: e["state"] for e in self.warm_service("GET", "api/status").json()["servers"]
+                       if e["user"] in wanted}
+            ready = sum(1 for state in servers.values() if state == "ready")
+            failed = [u for u, state in servers.items() if state not in ("queued", "starting", "ready")]
+            if ready + len(failed) == len(wanted):
+                if failed:
+                    print(f"burst --warm: {len(failed)} warm starts failed (e.g. {failed[0]}); the burst goes on",
+                          flush=True)
+                return time.perf_counter() - t0
+            time.sleep(2)
+        sys.exit(f"burst --warm: {ready} of {len(wanted)} warm servers up after {timeout:.0f} s")
+
     def clean_up(self, students: list[str], roster: list[dict]) -> None:
         students = [sid for sid in self.leftovers if sid not in students] + students
         print(f"burst: removing {len(students)} bench students, their servers and homes", flush=True)
@@ -477,6 +526,8 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=600, help="per student (default 600 s)")
     p.add_argument("--no-floor", action="store_true", help="skip the plain docker run floor")
     p.add_argument("--keep", action="store_true", help="leave the bench students' servers running")
+    p.add_argument("--warm", action="store_true",
+                   help="the warm service starts the students' servers before they arrive (needs warm.enabled)")
     a = p.parse_args()
     if not a.token:
         p.error("no admin token: set LAB_ADMIN_API_TOKEN in .env (make up creates one) or pass --token")
@@ -509,6 +560,13 @@ def main() -> int:
     lab = Lab(a.url, a.token, a.idp, a.instance)
     students = [f"s98{run[-1]}{i:03d}" if a.n <= 1000 else f"s9{i:05d}" for i in range(a.n)]
     roster = lab.enrol(students)
+    if a.warm:
+        try:
+            took = lab.warm(students, a.timeout * 4)
+        except SystemExit:
+            lab.clean_up(students, roster)
+            raise
+        print(f"warm: {a.n} servers started by the warm service before the first arrival, in {took:.0f} s", flush=True)
     watcher = Watcher(a.instance)
     sampler = threading.Thread(target=watcher.run, daemon=True)
     try:

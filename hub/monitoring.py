@@ -89,9 +89,25 @@ def write_prometheus_config(scrape_seconds: int, retention: str, folder: Path = 
     if not token:
         token = secrets.token_hex(32)
     _write(token_path, token, 0o644)
-    _write(folder / "prometheus.yml", prometheus_config(scrape_seconds), 0o644)
+    conf = folder / "prometheus.yml"
+    before = conf.read_text() if conf.is_file() else None
+    _write(conf, prometheus_config(scrape_seconds), 0o644)
     _write(folder / "retention", retention, 0o644)
+    if before is not None and before != conf.read_text():
+        reload_prometheus()
     return token
+
+
+def reload_prometheus(url: str = PROMETHEUS_URL) -> bool:
+    """Ask a running Prometheus to read its changed configuration (a new scrape interval); a
+    Prometheus not running reads it when it starts. A new retention needs its restart."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/-/reload", method="POST", data=b""), timeout=3)
+        return True
+    except OSError:
+        return False
 
 
 # --- the exporter: containers' CPU and memory from their cgroups --------------------------------

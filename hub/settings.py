@@ -95,6 +95,7 @@ RENAMED_VARS = {"LAB_OIDC_CLIENT_SECRET": "LAB_DTU_CLIENT_SECRET (and lab.yaml a
 # them and ignores them.
 HOST_VARS: dict[str, tuple[str | None, str]] = {
     "LAB_HTTP_PORT": ("8000", "Host port of the lab."),
+    "LAB_GRAFANA_PORT": ("3000", "Host port, on loopback only, of Grafana where `docker-compose.grafana.yml` runs it."),
     "LAB_HTTP_BIND": ("0.0.0.0", "Address the lab's port and the demo providers' ports are published on "
                       "(`127.0.0.1` behind a TLS proxy on the host)."),
     "LAB_IDP_PORT": ("9400", "Host port of the demo DTU login (OpenID Connect) (demo mode only)."),

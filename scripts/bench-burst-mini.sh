@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make bench-burst-mini [N=300] [WINDOW=300]`: bench/burst.py --mini against the lab with its
+# `make bench-burst-mini [N=300] [WINDOW=300] [WARM=1]`: bench/burst.py --mini against the lab with its
 # students' servers swapped for images/mini (LAB_SERVER_IMAGE), then the lab put back as `make up`
 # leaves it, whatever the bench's outcome.
 set -euo pipefail
@@ -10,7 +10,7 @@ bash scripts/build-images.sh --if-missing mini
 echo "[bench] restarting the hub with students' servers from mlops-lab/mini:$tag" >&2
 LAB_SERVER_IMAGE="mlops-lab/mini:$tag" bash scripts/up.sh >/dev/null
 rc=0
-.venv/bin/python -u bench/burst.py --mini -n "${1:-300}" --window "${2:-300}" || rc=$?
+.venv/bin/python -u bench/burst.py --mini -n "${1:-300}" --window "${2:-300}" "${@:3}" || rc=$?
 echo "[bench] putting the lab back (the course image for students' servers)" >&2
 bash scripts/up.sh >/dev/null
 exit "$rc"

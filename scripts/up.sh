@@ -37,15 +37,19 @@ case "${LAB_HUB_DB_URL:-}" in *@hubdb/*|*@hubdb:*) bundled_db=1 ;; esac
 
 # Check the settings with the hub's own code before starting anything; learn whether it is a demo
 # and whether monitoring is on.
-read -r provider monitoring < <(docker run --rm --network none \
+read -r provider monitoring gpus < <(docker run --rm --network none \
   -v "$PWD/lab.yaml:/srv/lab/lab.yaml:ro" --env-file .env \
   "mlops-lab/hub:$tag" python3 -c '
 from hub.settings import load_settings_or_exit
 s = load_settings_or_exit("settings")
-print("demo" if s.demo else "live", "on" if s.get("monitoring.enabled") else "off")
+print("demo" if s.demo else "live", "on" if s.get("monitoring.enabled") else "off", len(s.get("gpus.devices")))
 ' 2> >(sed 's#/srv/lab/lab.yaml#lab.yaml#g' >&2)) || true
 [ -n "${provider:-}" ] || die "fix lab.yaml or .env as said above, then run make up again"
 [ "$monitoring" = on ] && bash scripts/build-images.sh --if-missing prometheus
+# A GPU host: the metrics exporter reads the GPUs too (docker-compose.gpu.yml).
+if [ "$monitoring" = on ] && [ "${gpus:-0}" -gt 0 ] && [ -z "${COMPOSE_FILE:-}" ]; then
+  export COMPOSE_FILE=docker-compose.yml:docker-compose.gpu.yml
+fi
 
 profiles=()
 [ "$provider" = demo ] && profiles=(--profile demo)

@@ -294,6 +294,18 @@ class Lab:
         return self.session.request(method, f"{self.user_url(name)}/api{path}", timeout=60, **kw)
 
 
+def wait_for(check, what: str, timeout: float = 120, every: float = 2):
+    """check() until it gives something true (returned), at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
+
+
 def docker(*args: str, check: bool = True) -> str:
     return subprocess.run(["docker", *args], check=check, capture_output=True, text=True).stdout
 

@@ -19,9 +19,12 @@ is the part they build on.
 from __future__ import annotations
 
 import json
+import os
+import signal
+from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuthenticated
-from tornado import web
+from tornado import ioloop, web
 
 from hub.permissions import may, role_of, who_may
 
@@ -84,3 +87,14 @@ class ServiceHandler(HubOAuthenticated, web.RequestHandler):
             reason = exc.log_message % exc.args if exc.args else exc.log_message
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": reason, "status": status_code}))
+
+
+def serve(app: web.Application) -> None:
+    """Listen where the hub says this service is (``JUPYTERHUB_SERVICE_URL``) until the hub stops
+    it (SIGTERM, or SIGINT)."""
+    url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
+    app.listen(url.port, url.hostname)
+    loop = ioloop.IOLoop.current()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: loop.add_callback_from_signal(loop.stop))
+    loop.start()

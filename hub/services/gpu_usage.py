@@ -11,16 +11,14 @@ from __future__ import annotations
 import html
 import json
 import os
-import signal
 import time
-from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
-from tornado import ioloop, web
+from tornado import web
 
 from hub.gpu import Allocator
-from hub.services.base import ServiceHandler
+from hub.services.base import ServiceHandler, serve
 
 
 def _when(ts: float | None) -> str:
@@ -70,15 +68,8 @@ def make_app(prefix: str, state_path: str) -> web.Application:
 
 
 def main() -> None:
-    prefix = os.environ["JUPYTERHUB_SERVICE_PREFIX"]
-    url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
     from hub.settings import current
-    app = make_app(prefix, str(current("gpu-usage").gpu_state))
-    app.listen(url.port, url.hostname)
-    loop = ioloop.IOLoop.current()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # the hub stops its services with these
-        signal.signal(sig, lambda *_: loop.add_callback_from_signal(loop.stop))
-    loop.start()
+    serve(make_app(os.environ["JUPYTERHUB_SERVICE_PREFIX"], str(current("gpu-usage").gpu_state)))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ which GPU and how busy it is. Admins and instructors get in (``access:services!s
 ``?format=json`` gives the same figures.
 
 Ours, not Grafana: Grafana needs a container registry (``docker-compose.grafana.yml`` provisions
-it with the same queries where there is one), and a page in the lab works on every host, behind
+it with the same queries where there is one, from ``grafana_dashboard``), and a page in the lab works on every host, behind
 the lab's own login, with no second account. The plots are SVG drawn here, so the page keeps the
 lab's rule of no scripts (``hub.services.base``); it reloads itself every 30 s.
 """
@@ -19,17 +19,17 @@ import html
 import json
 import math
 import os
-import signal
+import sys
 import time
-from urllib.parse import urlencode, urlparse
+from urllib.parse import urlencode
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
-from tornado import ioloop, web
+from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from hub.monitoring import PROMETHEUS_URL
-from hub.services.base import ServiceHandler
+from hub.services.base import ServiceHandler, serve
 
 RANGES = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 86400, "7d": 7 * 86400}
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
@@ -286,18 +286,37 @@ def make_app(prefix: str, prometheus_url: str = PROMETHEUS_URL, scrape_seconds: 
     )
 
 
+def grafana_dashboard() -> dict:
+    """The same plots as a Grafana dashboard (images/grafana/dashboards/lab.json is written from
+    this: ``python -m hub.services.monitor grafana``), so the two never say different things."""
+    panels = []
+    for n, (title, unit, queries) in enumerate(CHARTS):
+        panels.append({
+            "id": n + 1, "type": "timeseries", "title": title,
+            "gridPos": {"h": 8, "w": 12, "x": 12 * (n % 2), "y": 8 * (n // 2)},
+            "datasource": {"type": "prometheus", "uid": "lab-prometheus"},
+            "fieldConfig": {"defaults": {"min": 0, "custom": {"axisLabel": unit}}, "overrides": []},
+            "targets": [{"refId": chr(65 + i), "expr": query.format(w="$__rate_interval"), "legendFormat": name}
+                        for i, (name, query) in enumerate(queries)],
+        })
+    panels.append({
+        "id": len(CHARTS) + 1, "type": "table", "title": "Busiest students (CPU cores, last 2 minutes)",
+        "gridPos": {"h": 8, "w": 12, "x": 12 * (len(CHARTS) % 2), "y": 8 * (len(CHARTS) // 2)},
+        "datasource": {"type": "prometheus", "uid": "lab-prometheus"},
+        "targets": [{"refId": "A", "expr": BUSIEST_CPU, "format": "table", "instant": True}],
+    })
+    return {"uid": "mlops-lab", "title": "MLOps lab", "schemaVersion": 39, "version": 1, "editable": True,
+            "refresh": "30s", "time": {"from": "now-1h", "to": "now"}, "timezone": "utc", "panels": panels}
+
+
 def main() -> None:
+    if sys.argv[1:] == ["grafana"]:
+        print(json.dumps(grafana_dashboard(), indent=1))
+        return
     from hub.settings import current
 
     settings = current("monitor")
-    prefix = os.environ["JUPYTERHUB_SERVICE_PREFIX"]
-    url = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
-    app = make_app(prefix, PROMETHEUS_URL, settings.get("monitoring.scrape_seconds"))
-    app.listen(url.port, url.hostname)
-    loop = ioloop.IOLoop.current()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # the hub stops its services with these
-        signal.signal(sig, lambda *_: loop.add_callback_from_signal(loop.stop))
-    loop.start()
+    serve(make_app(os.environ["JUPYTERHUB_SERVICE_PREFIX"], PROMETHEUS_URL, settings.get("monitoring.scrape_seconds")))
 
 
 if __name__ == "__main__":

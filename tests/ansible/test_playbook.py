@@ -10,7 +10,7 @@ base image) reached with Ansible's docker connection, with its own Docker engine
 - a backup, a deleted home file and a restore bring the file back, and the hub's database back
   from its dump.
 
-The lab's hub, idp and postgres images (and the helper base image) are handed to the target as a
+The lab's hub, idp, postgres and prometheus images (and the helper base image) are handed to the target as a
 `docker save` archive, the playbook's lab_images_archive, instead of a build inside it.
 """
 
@@ -67,7 +67,7 @@ def target_host(tmp_path_factory):
     run("docker", "build", "-q", "-t", "mlops-lab-test/target:latest", str(work), env={**os.environ, "DOCKER_BUILDKIT": "0"})
     archive = work / "images.tar"
     run("docker", "save", "-o", str(archive), f"mlops-lab/hub:{TAG}", f"mlops-lab/idp:{TAG}", f"mlops-lab/postgres:{TAG}",
-        "debian:bookworm-slim")
+        f"mlops-lab/prometheus:{TAG}", "debian:bookworm-slim")
     remove_target()
     caps = [a for c in CAPS for a in ("--cap-add", c)]
     run("docker", "run", "-d", "--name", TARGET, "--hostname", "lab-target", *caps,
@@ -135,7 +135,9 @@ def test_converge_then_idempotent_then_backup_and_restore(target_host):
     # The GPU and Let's Encrypt steps were skipped by facts.
     assert "Install the NVIDIA driver" not in first or "skipping: [" in first
     assert target("systemctl", "is-active", "docker").stdout.strip() == "active"
-    assert "mlops-lab-hub-1" in target("docker", "ps", "--format", "{{.Names}}").stdout
+    running = target("docker", "ps", "--format", "{{.Names}}").stdout
+    assert "mlops-lab-hub-1" in running
+    assert "mlops-lab-prometheus-1" in running and "mlops-lab-metrics-1" in running  # monitoring: on by default
     # The hub answers over HTTPS on lab.test, and HTTP redirects there.
     health = target("curl", "-sk", "--resolve", "lab.test:443:127.0.0.1", "-o", "/dev/null", "-w", "%{http_code}",
                     "https://lab.test/hub/health").stdout

@@ -4,13 +4,16 @@ menu in Chromium and sees the logins, the running servers and the busiest studen
 TAs are refused."""
 
 import json
+import os
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
 from tests.browser.test_login import browser, login_dtu, new_page  # noqa: F401  (fixture)
-from tests.conftest import ARTIFACTS, docker
+from tests.conftest import ARTIFACTS, docker, wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -23,16 +26,6 @@ def prometheus_query(lab, query: str) -> list:
                  "http://127.0.0.1:9090", query)
     return json.loads(out)
 
-
-def wait_for(check, what: str, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(3)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
 
 
 @pytest.fixture
@@ -110,3 +103,30 @@ def test_an_instructor_watches_a_busy_student_and_others_are_refused(lab, browse
         expect(page.get_by_role("heading", name="Lab monitor")).to_have_count(0)
         page.context.close()
     teacher.context.close()
+
+
+def test_the_grafana_compose_file_adds_grafana_on_loopback_with_the_lab_dashboard(lab):
+    """Grafana cannot be pulled here (no registry): its compose file is checked as compose reads it."""
+    from tests.conftest import ROOT
+
+    def config(*extra_env: str):
+        return subprocess.run(
+            ["docker", "compose", "--project-directory", str(ROOT), "--env-file", str(lab.env_file), "-p", lab.instance,
+             "-f", str(ROOT / "docker-compose.yml"), "-f", str(ROOT / "docker-compose.grafana.yml"),
+             "--profile", "monitoring", "config", "--format", "json"],
+            capture_output=True, text=True, env={**os.environ, **dict(e.split("=", 1) for e in extra_env)})
+
+    refused = config()
+    assert refused.returncode != 0 and "GF_SECURITY_ADMIN_PASSWORD" in refused.stderr  # no password: no start
+    got = config("GF_SECURITY_ADMIN_PASSWORD=correct-horse-battery")
+    assert got.returncode == 0, got.stderr
+    grafana = json.loads(got.stdout)["services"]["grafana"]
+    assert [(p["host_ip"], p["target"]) for p in grafana["ports"]] == [("127.0.0.1", 3000)]
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    mounts = {v["target"]: v["source"] for v in grafana["volumes"]}
+    dashboard = json.loads(Path(mounts["/var/lib/grafana/dashboards"], "lab.json").read_text())
+    assert dashboard["uid"] == "mlops-lab"
+    # Every query of the dashboard answers in the lab's Prometheus (Grafana's $__rate_interval as 1m).
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            prometheus_query(lab, target["expr"].replace("$__rate_interval", "1m"))

@@ -18,7 +18,7 @@ from urllib.parse import urljoin, urlparse
 import pytest
 import requests
 
-from tests.conftest import INSTANCE, docker_json
+from tests.conftest import INSTANCE, docker_json, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,16 +40,6 @@ def status(lab) -> dict:
 def records(lab) -> dict[str, dict]:
     return {s["user"]: s for s in status(lab)["servers"]}
 
-
-def wait_for(check, what: str, timeout: float = 240, every: float = 2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s (last: {last!r})")
 
 
 def server(lab, name: str) -> dict | None:

@@ -53,3 +53,17 @@ def test_the_hub_database_choice_reaches_the_env():
     assert "LAB_HUB_DB_URL=postgresql://u:p@db.example.dk/hub\n" in render(
         lab_hub_db="external", lab_hub_db_url="postgresql://u:p@db.example.dk/hub")
     assert render().count("LAB_HUB_DB_URL=") == 1
+
+
+def test_a_gpu_host_with_monitoring_gives_the_exporter_its_gpus():
+    defaults = yaml.safe_load((ROOT / "ansible" / "roles" / "lab" / "defaults" / "main.yml").read_text())
+    base = {**defaults, "ansible_managed": "Ansible", "lab_domain": "lab.example.dk", "lab_version": "1.0.0"}
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True)
+    env.filters["bool"] = lambda v: v if isinstance(v, bool) else str(v).lower() in ("true", "yes", "1")  # Ansible's
+    template = env.from_string(TEMPLATE.read_text())
+    gpus = [{"id": "0", "mode": "exclusive"}]
+    line = "COMPOSE_FILE=docker-compose.yml:docker-compose.gpu.yml\n"
+    assert line in template.render({**base, "lab_gpu_devices": gpus, "lab_monitoring": "True"})
+    assert line not in template.render({**base, "lab_gpu_devices": gpus, "lab_monitoring": False})
+    assert line not in template.render({**base, "lab_gpu_devices": [], "lab_monitoring": True})
+    assert line not in template.render(base)  # a CPU host: the role never set the GPU list

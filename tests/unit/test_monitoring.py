@@ -148,3 +148,20 @@ def test_svg_chart_shows_the_latest_values_and_escapes_names():
     assert "&lt;b&gt;x&lt;/b&gt;: <b>no data</b>" in svg
     assert svg.count("<polyline") == 1
     assert "<script" not in svg
+
+
+def test_the_grafana_dashboard_is_written_from_the_monitor_pages_queries():
+    import json
+    from pathlib import Path
+
+    from hub.services.monitor import CHARTS, grafana_dashboard
+
+    root = Path(__file__).resolve().parents[2]
+    committed = json.loads((root / "images/grafana/dashboards/lab.json").read_text())
+    assert committed == grafana_dashboard(), "run: python -m hub.services.monitor grafana > images/grafana/dashboards/lab.json"
+    exprs = [t["expr"] for panel in committed["panels"] for t in panel["targets"]]
+    assert len(exprs) == sum(len(q) for _, _, q in CHARTS) + 1
+    assert all("{w}" not in e and "{{" not in e for e in exprs)
+    assert any("$__rate_interval" in e for e in exprs)
+    provisioning = yaml.safe_load((root / "images/grafana/provisioning/datasources/lab.yaml").read_text())
+    assert provisioning["datasources"][0]["uid"] == committed["panels"][0]["datasource"]["uid"]
