@@ -163,5 +163,5 @@ def test_the_grafana_dashboard_is_written_from_the_monitor_pages_queries():
     assert len(exprs) == sum(len(q) for _, _, q in CHARTS) + 1
     assert all("{w}" not in e and "{{" not in e for e in exprs)
     assert any("$__rate_interval" in e for e in exprs)
-    provisioning = yaml.safe_load((root / "images/grafana/provisioning/datasources/lab.yaml").read_text())
+    provisioning = yaml.safe_load((root / "images/grafana/provisioning/datasources/prometheus.yaml").read_text())
     assert provisioning["datasources"][0]["uid"] == committed["panels"][0]["datasource"]["uid"]
