@@ -64,16 +64,19 @@ CHARTS = [
         ("proxy", 'sum(lab_container_memory_bytes{{role="proxy"}}) / 2^30'),
     ]),
 ]
-BUSIEST_CPU = 'topk(10, sum by (user, profile) (rate(lab_container_cpu_seconds_total{role="student-server"}[2m])))'
+# Only servers running now (a stopped one's CPU series lingers in the rate window).
+BUSIEST_CPU = ('topk(10, sum by (user, profile) (rate(lab_container_cpu_seconds_total{role="student-server"}[2m]))'
+               ' and on (user) sum by (user) (lab_container_memory_bytes{role="student-server"}))')
 STUDENT_MEMORY = 'sum by (user) (lab_container_memory_bytes{role="student-server"})'
 GPU_HELD = "lab_gpu_allocated"
 GPU_UTIL = "lab_gpu_utilization_ratio"
 GPU_MEMORY = "lab_gpu_memory_used_bytes"
 NOW = {
     "running servers": "sum(jupyterhub_running_servers)",
-    "logins, last 10 minutes": 'sum(increase(jupyterhub_login_duration_seconds_count{status=~".*success"}[10m]))',
-    "server starts, last 10 minutes": 'sum(increase(jupyterhub_server_spawn_duration_seconds_count{status="success"}[10m]))',
-    "failed starts, last 10 minutes": 'sum(increase(jupyterhub_server_spawn_duration_seconds_count{status!="success"}[10m])) or vector(0)',
+    # increase() extrapolates to the window's edges: a count is shown rounded.
+    "logins, last 10 minutes": 'round(sum(increase(jupyterhub_login_duration_seconds_count{status=~".*success"}[10m])))',
+    "server starts, last 10 minutes": 'round(sum(increase(jupyterhub_server_spawn_duration_seconds_count{status="success"}[10m])))',
+    "failed starts, last 10 minutes": 'round(sum(increase(jupyterhub_server_spawn_duration_seconds_count{status!="success"}[10m])) or vector(0))',
     "start time p95, last 10 minutes (s)": 'histogram_quantile(0.95, sum by (le) (rate(jupyterhub_server_spawn_duration_seconds_bucket{status="success"}[10m])))',
 }
 

@@ -44,3 +44,21 @@ def test_gpu_server_trains_on_its_own_device(lab):
     lab.stop(name)
     usage = lab.session.get(f"{lab.service_url('gpu-usage')}/?format=json", timeout=30).json()
     assert all(p["end"] is not None for p in usage["periods"] if p["user"] == name)
+
+
+def test_the_metrics_exporter_reads_this_hosts_gpus():
+    """What the monitor page's GPU table is built from: nvidia-smi's figures, one per GPU of `nvidia-smi -L`."""
+    import re
+    import subprocess
+
+    from hub.monitoring import gpu_holders, read_gpus
+
+    listed = re.findall(r"\(UUID: (GPU-[0-9a-fA-F-]+)\)", subprocess.run(["nvidia-smi", "-L"], capture_output=True,
+                                                                         text=True, check=True).stdout)
+    gpus = read_gpus()
+    assert [g["uuid"] for g in gpus] == listed
+    for gpu in gpus:
+        assert gpu["memory_total"] > 1 << 30 and 0 <= gpu["memory_used"] <= gpu["memory_total"]
+        assert "utilization" not in gpu or 0 <= gpu["utilization"] <= 1
+    [(user, device, figures)] = gpu_holders({"s230001": listed[0]}, gpus)
+    assert figures["uuid"] == listed[0] and figures["index"] == "0"
