@@ -35,8 +35,10 @@ def course(lab):
     r = lab.import_roster(ROSTER)
     assert r.status_code == 200, r.text
     lab.set_clock(CLOCK)
-    lab.wait_course(lambda s: all(s["schedule"].get(a, {}).get("released") for a in RELEASED),
-                    "the calendar's releases")
+    # Released, and each release job recorded as done (the schedule says so a moment before the job does).
+    lab.wait_course(lambda s: all(s["schedule"].get(a, {}).get("released") for a in RELEASED) and {
+        j["assignment"] for j in s["jobs"] if j["action"] == "release" and j["state"] == "done"} >= set(RELEASED),
+        "the calendar's releases")
     yield lab
     assert lab.import_roster(TEST_ROSTER).status_code == 200
 
