@@ -16,3 +16,7 @@ if settings.get("monitoring.enabled"):
                                             settings.get("monitoring.retention"))
 apply(c, settings, proxy_tokens=ensure_tokens(), metrics_token=metrics_token)  # noqa: F821  (c: JupyterHub's config)
 reconcile_gpu_allocations(settings, str(settings.gpu_state))  # GPU allocations that outlived a hub restart
+if settings.get("swarm.enabled"):
+    from hub.swarm import start_nodeguard
+
+    start_nodeguard(settings)  # the firewall of students' servers, on every node of the swarm

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 from urllib.parse import urlparse
 
 from jupyterhub.utils import subdomain_hook_idna
@@ -284,6 +285,27 @@ def update_spawner(c, settings: Settings) -> None:
     s.lab_profiles = [p.as_dict() for p in profiles_from_settings(settings)]
     s.gpu_devices = list(settings.get("gpus.devices"))
     s.gpu_state_path = str(settings.gpu_state)
+    if settings.get("swarm.enabled"):
+        # Each student's server a Swarm service on a worker (hub/swarm.py); the CourseSpawner
+        # settings above apply to it too (traitlets configures a class through its parents).
+        c.JupyterHub.spawner_class = "hub.swarm.SwarmCourseSpawner"
+        w = c.SwarmCourseSpawner
+        w.swarm_homes_path = settings.get("swarm.homes.path")
+        w.swarm_homes_driver = settings.get("swarm.homes.driver")
+        w.swarm_homes_driver_options = dict(settings.get("swarm.homes.driver_options"))
+        w.swarm_placement = list(settings.get("swarm.placement"))
+        s.pull_policy = "skip"  # the image is on the workers (Swarm reports a node without it)
+        s.pop("remove", None)  # services are always removed (SwarmSpawner has no such option)
+        # Nodeguard writes each server's firewall on its node (hub/nodeguard.py); the course
+        # image's entry point waits for it and starts nothing unguarded.
+        s.require_netguard = False
+        if settings.get("network.isolate"):
+            env["LAB_GUARD_WAIT"] = "60"
+            s.environment = env
+        w.pids_limit = settings.get("spawner.pids_limit")
+        w.shm_size = settings.get("spawner.shm_size")
+        # Its template shows why a server ended on its own (its node stopped).
+        c.JupyterHub.template_paths = [str(Path(__file__).parent / "templates" / "swarm")]
     s.extra_host_config = {
         # Keep an exited container until the spawner has read its logs; stop() removes it.
         "auto_remove": False,

@@ -33,6 +33,7 @@ class Device:
     id: str
     mode: str
     max_users: int = 1
+    node: str = ""  # in a swarm: the id of the node that has it (hub.swarm); "" on one host
 
     @classmethod
     def from_setting(cls, entry: dict) -> "Device":
@@ -76,6 +77,16 @@ class Allocator:
                 start REAL NOT NULL, end REAL);
             """
         )
+
+    def set_devices(self, devices: Iterable[Device]) -> None:
+        """Replace the devices (a swarm's nodes come and go). Allocations stay; a device that is
+        gone is no longer given to anyone, and its holders keep it until they stop."""
+        devices = list(devices)
+        by_id = {d.id: d for d in devices}
+        if len(by_id) != len(devices):
+            raise ValueError("GPU device ids must be unique")
+        with self._lock:
+            self.devices, self._by_id = devices, by_id
 
     # -- queries -----------------------------------------------------------------------------
 

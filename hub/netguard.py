@@ -53,6 +53,10 @@ TOLERANCE = 15.0
 ROUND = 5.0
 
 
+class NotABridge(Exception):
+    """The lab's network is not a bridge on this host (a swarm's overlay)."""
+
+
 def chain_names(instance: str) -> tuple[str, str]:
     tag = hashlib.sha1(instance.encode()).hexdigest()[:8]
     return f"LAB-FWD-{tag}", f"LAB-IN-{tag}"
@@ -158,6 +162,11 @@ class Guard:
         except self.errors.NotFound:
             return None, {}
         attrs = net.attrs
+        if attrs.get("Driver") != "bridge":
+            # Rules on a host's bridge cannot see traffic between a swarm's nodes: never report
+            # a network of another kind as isolated (no heartbeat, so no server starts).
+            raise NotABridge(f"the network {self.network} is a {attrs.get('Driver')} network, not a bridge: "
+                             "netguard isolates students on one host's bridge only")
         bridge = (attrs.get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{attrs['Id'][:12]}"
         ips = {}
         for container in self.client.containers.list(
@@ -279,7 +288,7 @@ def main() -> None:
         while not stopping:
             try:
                 guard.apply_once()
-            except (subprocess.CalledProcessError, docker.errors.DockerException) as e:
+            except (subprocess.CalledProcessError, docker.errors.DockerException, NotABridge) as e:
                 with guard.lock:
                     guard.in_force = guard.applied = None
                     clear_heartbeat()

@@ -51,6 +51,10 @@ ENV_VARS: dict[str, tuple[str | None, str]] = {
     "LAB_COURSE_IMAGE": ("mlops-lab/course:latest", "The course image student servers run (pinned)."),
     "LAB_SERVER_IMAGE": (None, "For load tests only (`make bench-burst-mini`): an image students' servers run instead "
                          "of the course image (grading sandboxes keep the course image); empty in a real lab."),
+    "LAB_SWARM_NET": ("10.201", "In a swarm (`docker-compose.swarm.yml`): the first two numbers of the lab's overlay "
+                      "network, `<net>.0.0/20`; the hub, proxy and egress proxy are `<net>.0.2` to `.4`."),
+    "LAB_HUB_IMAGE": (None, "In a swarm: the hub's image, which nodeguard runs on every node (set by "
+                      "`docker-compose.swarm.yml`)."),
     "LAB_NETWORK": (None, "Docker network shared by the hub and student servers (default: LAB_INSTANCE)."),
     "LAB_HUB_CONNECT_URL": ("http://hub:8081", "URL at which student servers reach the hub's API."),
     "LAB_IDP_PUBLIC_URL": (
@@ -96,6 +100,8 @@ RENAMED_VARS = {"LAB_OIDC_CLIENT_SECRET": "LAB_DTU_CLIENT_SECRET (and lab.yaml a
 HOST_VARS: dict[str, tuple[str | None, str]] = {
     "LAB_HTTP_PORT": ("8000", "Host port of the lab."),
     "LAB_GRAFANA_PORT": ("3000", "Host port, on loopback only, of Grafana where `docker-compose.grafana.yml` runs it."),
+    "LAB_SWARM_HOMES": ("/srv/lab-homes", "In a swarm (`docker-compose.swarm.yml`): the shared home storage's path on every "
+                        "node, mounted in the hub at the same path; equal to lab.yaml's `swarm.homes.path`."),
     "LAB_HTTP_BIND": ("0.0.0.0", "Address the lab's port and the demo providers' ports are published on "
                       "(`127.0.0.1` behind a TLS proxy on the host)."),
     "LAB_IDP_PORT": ("9400", "Host port of the demo DTU login (OpenID Connect) (demo mode only)."),
@@ -235,6 +241,15 @@ DEFAULTS: dict[str, Any] = {
         "enabled": True,
         "retention": "30d",
         "scrape_seconds": 15,
+    },
+    "swarm": {
+        "enabled": False,
+        "homes": {
+            "path": "/srv/lab-homes",
+            "driver": "",
+            "driver_options": {},
+        },
+        "placement": ["node.role == worker"],
     },
 }
 
@@ -497,6 +512,38 @@ SCHEMA: dict[str, Any] = {
                                    "title": "seconds between two readings of every figure"},
             },
         },
+        "swarm": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "enabled": {"type": "boolean",
+                            "title": "run students' servers as Docker Swarm services on the swarm's nodes (the "
+                                     "hub on a manager; see [One host or a swarm](#one-host-or-a-swarm))"},
+                "homes": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "path": {"type": "string", "pattern": r"^/[^\s:]*[^\s:/]$",
+                                 "description": "an absolute path",
+                                 "title": "shared storage (NFS, CephFS, ...) mounted at this path on every node: "
+                                          "a student's home is its folder `<path>/<user>`"},
+                        "driver": {"type": "string", "pattern": r"^([a-z0-9][a-z0-9._/:-]*)?$",
+                                   "title": "instead of `path`: a volume plugin that serves the same volume on "
+                                            "every node (its volume per student: `<instance>-home-<user>`)"},
+                        "driver_options": {"type": "object", "additionalProperties": {"type": "string"},
+                                           "title": "the plugin's options; `{username}` in a value is the "
+                                                    "student's name"},
+                    },
+                },
+                "placement": {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": r"^[a-zA-Z0-9._-]+ *(==|!=) *[^\s]+$",
+                              "description": "a Swarm constraint like node.role == worker"},
+                    "title": "Swarm constraints for students' servers (`node.role == worker`, "
+                             "`node.labels.lab == yes`)",
+                },
+            },
+        },
         "gpus": {
             "type": "object",
             "additionalProperties": False,
@@ -691,6 +738,9 @@ def _check_env(environ: dict[str, str], problems: list[str]) -> dict[str, str | 
     elif public.path.strip("/"):
         problems.append(f"environment: LAB_PUBLIC_URL={env['LAB_PUBLIC_URL']!r}: the lab is served at the root of its "
                         "host name; drop the path")
+    net = env["LAB_SWARM_NET"] or ""
+    if not re.fullmatch(r"(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])\.(25[0-5]|2[0-4][0-9]|1?[0-9]?[0-9])", net):
+        problems.append(f"environment: LAB_SWARM_NET={net!r} is not the first two numbers of an address, like 10.201")
     gradebook = env["LAB_GRADEBOOK_URL"]
     if gradebook and not re.fullmatch(r"(postgresql(\+psycopg2)?://\S+|sqlite:////\S+)", gradebook):
         # the value may hold a password: name the variable, not its value
@@ -835,6 +885,14 @@ def _check_consistency(settings: Settings, lines: dict, name: str, problems: lis
             problems.append(f"{where('gpus', 'devices', str(i))}: gpus.devices.{i}.id: a mig device must be a MIG-... UUID")
         if "max_users" in device and device["mode"] != "shared":
             problems.append(f"{where('gpus', 'devices', str(i))}: gpus.devices.{i}.max_users: only shared devices take more than one user")
+    if settings.get("swarm.homes.driver_options") and not settings.get("swarm.homes.driver"):
+        problems.append(f"{where('swarm', 'homes', 'driver_options')}: swarm.homes.driver_options: only with "
+                        "swarm.homes.driver (a volume plugin)")
+    if settings.get("swarm.enabled"):
+        for i, device in enumerate(settings.get("gpus.devices")):
+            if device["id"].isdigit():
+                problems.append(f"{where('gpus', 'devices', str(i))}: gpus.devices.{i}.id: in a swarm, name a GPU by "
+                                "its GPU-... or MIG-... UUID (an index is not unique across nodes)")
     if settings.get("culler.max_age") and settings.get("culler.max_age") < settings.get("culler.every"):
         problems.append(f"{where('culler', 'max_age')}: culler.max_age: must be 0 (off) or at least culler.every")
 

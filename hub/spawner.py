@@ -68,10 +68,18 @@ def _say(message: str) -> None:
 def reconcile_gpu_allocations(settings, state_path: str, log=_say) -> dict | None:
     """At hub start, before any spawn: match stored GPU allocations with the containers that run."""
     devices = [Device.from_setting(d) for d in settings.get("gpus.devices")]
-    if not devices:
-        return None
     client = docker.APIClient(version="auto")
-    changes = Allocator(devices, state_path).reconcile(running_gpu_containers(client, settings.instance))
+    if settings.get("swarm.enabled"):
+        # The swarm's nodes declare the GPUs (hub/swarm.py); students' servers are services.
+        from .swarm import node_gpus, running_gpu_services
+
+        devices = node_gpus(client.nodes(), settings.get("gpus.devices"))
+        running = running_gpu_services(client, settings.instance)
+    elif not devices:
+        return None
+    else:
+        running = running_gpu_containers(client, settings.instance)
+    changes = Allocator(devices, state_path).reconcile(running)
     log(f"[mlops-lab] GPU allocations reconciled with running containers: {changes}")
     return changes
 
