@@ -1,5 +1,5 @@
 # The MLOps course lab. `make up` runs it, `make test` tests it, `make down` stops it.
-.PHONY: up down roster release collect autograde feedback grades test test-unit test-gpu test-ansible build bench bench-autograde bench-burst bench-burst-mini help
+.PHONY: up down roster release collect autograde feedback grades test test-unit test-gpu test-ansible test-swarm build bench bench-autograde bench-burst bench-burst-mini help
 
 help:
 	@echo "make up      build what is missing, start the lab, print its URL and how to log in"
@@ -12,6 +12,7 @@ help:
 	@echo "make test    the whole suite: unit, integration and browser tests"
 	@echo "make build   rebuild the images (hub, demo identity provider, course)"
 	@echo "make test-ansible  the Ansible playbook: lint, converge on a target container, idempotence, restore"
+	@echo "make test-swarm  the lab on a three-node Docker Swarm of engine containers on this machine (part of make test)"
 	@echo "make test-gpu  on a GPU host: spawn a GPU server through the hub and train on it"
 	@echo "make bench   bench/spawn.py against the running lab"
 	@echo "make bench-autograde [M=40]  bench/autograde.py: our sandboxed parallel grader vs nbgrader's serial autograde"
@@ -54,6 +55,9 @@ test-gpu:
 
 test-ansible:
 	bash scripts/test.sh ansible
+
+test-swarm:
+	bash scripts/test.sh swarm
 
 build:
 	bash scripts/bootstrap.sh all

@@ -295,6 +295,9 @@ def update_spawner(c, settings: Settings) -> None:
         w.swarm_homes_driver_options = dict(settings.get("swarm.homes.driver_options"))
         w.swarm_placement = list(settings.get("swarm.placement"))
         s.pull_policy = "skip"  # the image is on the workers (Swarm reports a node without it)
+        if not settings.env["LAB_SERVER_IMAGE"]:
+            # The course image's command, named here: the manager need not have the image to read it.
+            s.cmd = ["jupyterhub-singleuser"]
         s.pop("remove", None)  # services are always removed (SwarmSpawner has no such option)
         # Nodeguard writes each server's firewall on its node (hub/nodeguard.py); the course
         # image's entry point waits for it and starts nothing unguarded.

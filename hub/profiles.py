@@ -56,6 +56,8 @@ class Profile:
 def profiles_from_settings(settings: Settings) -> list[Profile]:
     """The enabled profiles, limits inherited from ``spawner.*``, GPU ones only if devices exist."""
     modes = {d["mode"] for d in settings.get("gpus.devices")}
+    if settings.get("swarm.enabled"):
+        modes.add("exclusive")  # a node's GPU that no entry names is a whole one (hub/swarm.py)
     out = []
     for name, p in settings.get("profiles").items():
         if not p.get("enabled", True):

@@ -73,7 +73,7 @@ def reconcile_gpu_allocations(settings, state_path: str, log=_say) -> dict | Non
         # The swarm's nodes declare the GPUs (hub/swarm.py); students' servers are services.
         from .swarm import node_gpus, running_gpu_services
 
-        devices = node_gpus(client.nodes(), settings.get("gpus.devices"))
+        devices = node_gpus(client.nodes(), settings.get("gpus.devices"), settings.get("swarm.placement"))
         running = running_gpu_services(client, settings.instance)
     elif not devices:
         return None
@@ -462,6 +462,22 @@ class CourseSpawner(DockerSpawner):
             return ""
         return raw.decode("utf-8", "replace").strip()
 
+    async def raise_if_ended(self) -> None:
+        """While starting: raise ContainerExited (with its last log lines) if the container stopped."""
+        container = await self.get_object()
+        state = (container or {}).get("State", {})
+        if not container or not state.get("Running"):
+            exit_code = state.get("ExitCode")
+            tail = await self.container_log_tail()
+            self.log.error(
+                "Container %s for %s exited while starting (exit code %s); last log lines:\n%s",
+                self.container_name, self.user.name, exit_code, tail or "(no output)",
+            )
+            if container:
+                await self.remove_object()
+            self.object_id = ""
+            raise ContainerExited(self.container_name, exit_code, tail)
+
     async def _wait_for_port_or_exit(self, ip: str, port: int) -> None:
         """Return once ip:port accepts a connection; raise ContainerExited if the container stops."""
         deadline = time.monotonic() + self.start_timeout
@@ -480,19 +496,7 @@ class CourseSpawner(DockerSpawner):
                 await asyncio.sleep(0.25)
                 continue
             checked = time.monotonic()
-            container = await self.get_object()
-            state = (container or {}).get("State", {})
-            if not container or not state.get("Running"):
-                exit_code = state.get("ExitCode")
-                tail = await self.container_log_tail()
-                self.log.error(
-                    "Container %s for %s exited while starting (exit code %s); last log lines:\n%s",
-                    self.container_name, self.user.name, exit_code, tail or "(no output)",
-                )
-                if container:
-                    await self.remove_object()
-                self.object_id = ""
-                raise ContainerExited(self.container_name, exit_code, tail)
+            await self.raise_if_ended()
         # Running but silent: let JupyterHub's own http_timeout handling report it.
         self.log.warning("Server of %s did not open port %s within %ss", self.user.name, port, self.start_timeout)
 

@@ -25,9 +25,8 @@ polling, its name as the server's address):
   on a node that is up.
 
 The limits a service cannot take (``pids_limit``, ``shm_size``) are set in the task's resources
-and as a ``tmpfs`` on ``/dev/shm``. The service's endpoint mode is ``dnsrr``: its name resolves to
-the task's address itself, without the IPVS load balancer, which is one hop less and not needed for
-one replica.
+and as a ``tmpfs`` on ``/dev/shm``. The service's endpoint mode is ``dnsrr`` (no IPVS load balancer,
+not needed for one replica), and the hub reaches the server at its task's own address.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import time
 
 import docker
@@ -60,7 +60,30 @@ def size_bytes(size: str | int | None) -> int | None:
     return int(size)
 
 
-def node_gpus(nodes: list[dict], configured: list[dict]) -> list[Device]:
+def node_matches(node: dict, constraints: list[str]) -> bool:
+    """Whether Swarm may place a server with these constraints on the node (the attributes the
+    lab's settings use: node.id, node.hostname, node.role, node.labels.*, node.platform.*)."""
+    desc, spec = node.get("Description", {}), node.get("Spec", {})
+    for constraint in constraints:
+        key, op, want = re.fullmatch(r"\s*([\w.-]+)\s*(==|!=)\s*(\S+)\s*", constraint).groups()
+        if key == "node.id":
+            have = node.get("ID", "")
+        elif key == "node.hostname":
+            have = desc.get("Hostname", "")
+        elif key == "node.role":
+            have = spec.get("Role", "")
+        elif key.startswith("node.labels."):
+            have = (spec.get("Labels") or {}).get(key[len("node.labels."):])
+        elif key in ("node.platform.os", "node.platform.arch"):
+            have = (desc.get("Platform") or {}).get("OS" if key.endswith(".os") else "Architecture", "")
+        else:
+            continue  # an attribute the hub does not read: Swarm still applies it
+        if (have == want) != (op == "=="):
+            return False
+    return True
+
+
+def node_gpus(nodes: list[dict], configured: list[dict], constraints: list[str] = ()) -> list[Device]:
     """The GPUs the swarm's nodes declare (generic resources ``NVIDIA-GPU=<uuid>``), as devices.
 
     Only nodes that are ready and active count: a drained or lost node's GPUs are given to no one.
@@ -73,6 +96,8 @@ def node_gpus(nodes: list[dict], configured: list[dict]) -> list[Device]:
     for node in sorted(nodes, key=lambda n: n.get("Description", {}).get("Hostname", "")):
         if node.get("Status", {}).get("State") != "ready" or node.get("Spec", {}).get("Availability") != "active":
             continue
+        if not node_matches(node, list(constraints)):
+            continue  # servers are not placed there (a manager's own GPUs, by default)
         resources = node.get("Description", {}).get("Resources", {}).get("GenericResources") or []
         for resource in resources:
             spec = resource.get("NamedResourceSpec") or {}
@@ -113,8 +138,20 @@ class SwarmCourseSpawner(CourseSpawner, SwarmSpawner):
     pids_limit = Int(0, config=True, help="Processes a server may run (0: no limit).")
     shm_size = Unicode("", config=True, help="Size of /dev/shm (a tmpfs), like 256M; empty: Docker's.")
 
-    # What the student's "not running" page says about their last server, when it ended on its own.
-    stopped_reason = ""
+    # What the student's "not running" page says about their last server when it ended on its own,
+    # by user: JupyterHub makes a new spawner object after a stop, so it cannot live on this one.
+    _stopped_reasons: dict[str, str] = {}
+
+    @property
+    def stopped_reason(self) -> str:
+        return SwarmCourseSpawner._stopped_reasons.get(self.user.name, "")
+
+    @stopped_reason.setter
+    def stopped_reason(self, reason: str) -> None:
+        if reason:
+            SwarmCourseSpawner._stopped_reasons[self.user.name] = reason
+        else:
+            SwarmCourseSpawner._stopped_reasons.pop(self.user.name, None)
 
     # -- the service -------------------------------------------------------------------------
 
@@ -157,19 +194,19 @@ class SwarmCourseSpawner(CourseSpawner, SwarmSpawner):
         self.extra_endpoint_spec = {**self.extra_endpoint_spec, "mode": "dnsrr"}
         return await super().create_object()
 
-    def _docker(self, method, *args, **kwargs):
+    def docker(self, method, *args, **kwargs):
         if method == "create_service" and self.pids_limit:
             # docker-py's Resources has no Pids; the API (1.41+) has Limits.Pids.
             task = kwargs["task_template"]
             task.setdefault("Resources", {}).setdefault("Limits", {})["Pids"] = self.pids_limit
-        return super()._docker(method, *args, **kwargs)
+        return super().docker(method, *args, **kwargs)
 
     # -- GPUs --------------------------------------------------------------------------------
 
     async def refresh_gpus(self) -> None:
         """Give the allocator the GPUs the swarm's ready nodes declare right now."""
         nodes = await self.docker("nodes")
-        self.allocator().set_devices(node_gpus(nodes, self.gpu_devices))
+        self.allocator().set_devices(node_gpus(nodes, self.gpu_devices, self.swarm_placement))
 
     async def get_options_form(self):
         # The form shows each GPU profile's free slots: count the nodes' GPUs as they are now.
@@ -251,8 +288,38 @@ class SwarmCourseSpawner(CourseSpawner, SwarmSpawner):
         self.stopped_reason = ""
         return await super().start()
 
+    async def start_object(self):
+        """Wait until the task runs. SwarmSpawner waits through "rejected" too, which with the
+        restart policy ``none`` is final: fail at once instead, with Swarm's reason."""
+        delay = 0.5
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            task = await self.get_task()
+            status = (task or {}).get("Status", {})
+            state = status.get("State", "")
+            if state == "running":
+                return
+            if task is None or state not in LIVE_STATES:
+                tail = await self.container_log_tail()
+                reason = status.get("Err") or state or "the service is gone"
+                self.log.error("Service %s for %s did not start: %s\n%s", self.service_name, self.user.name,
+                               reason, tail or "(no output)")
+                await self._remove_failed_container()
+                raise ContainerExited(self.service_name, (status.get("ContainerStatus") or {}).get("ExitCode"),
+                                      tail or reason)
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 3)
+        raise RuntimeError(f"Service {self.service_name} did not run within {self.start_timeout} s")
+
     async def get_ip_and_port(self):
-        return self.service_name, self.port
+        """The task's own address on the lab's network. Not the service's name: after a node is
+        lost, Swarm's DNS can go on answering with the lost task's address for a while."""
+        task = await self.get_task()
+        for attachment in (task or {}).get("NetworksAttachments") or []:
+            if attachment.get("Network", {}).get("Spec", {}).get("Name") == self.network_name:
+                for address in attachment.get("Addresses") or []:
+                    return address.split("/")[0], self.port
+        raise RuntimeError(f"Service {self.service_name} has no address on the network {self.network_name}")
 
     async def container_log_tail(self) -> str:
         try:
@@ -264,33 +331,18 @@ class SwarmCourseSpawner(CourseSpawner, SwarmSpawner):
             return ""
         return raw.decode("utf-8", "replace").strip()
 
-    async def _wait_for_port_or_exit(self, ip: str, port: int) -> None:
-        """Return once the server answers; raise ContainerExited if its task ends first."""
-        deadline = time.monotonic() + self.start_timeout
-        checked = 0.0
-        while time.monotonic() < deadline:
-            try:
-                _reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout=2)
-            except (OSError, asyncio.TimeoutError):
-                pass
-            else:
-                writer.close()
-                return
-            if time.monotonic() - checked < 2:
-                await asyncio.sleep(0.25)
-                continue
-            checked = time.monotonic()
-            task = await self.get_task()
-            state = (task or {}).get("Status", {}).get("State", "")
-            if not task or state not in LIVE_STATES:
-                status = (task or {}).get("Status", {})
-                exit_code = (status.get("ContainerStatus") or {}).get("ExitCode")
-                tail = await self.container_log_tail()
-                self.log.error("Service %s for %s ended while starting (%s %s); last log lines:\n%s",
-                               self.service_name, self.user.name, state, status.get("Err", ""), tail or "(no output)")
-                await self._remove_failed_container()
-                raise ContainerExited(self.service_name, exit_code, tail or status.get("Err", ""))
-        self.log.warning("Server of %s did not open port %s within %ss", self.user.name, port, self.start_timeout)
+    async def raise_if_ended(self) -> None:
+        """While starting: raise ContainerExited if the service's task ended (CourseSpawner's wait)."""
+        task = await self.get_task()
+        status = (task or {}).get("Status", {})
+        state = status.get("State", "")
+        if not task or state not in LIVE_STATES:
+            exit_code = (status.get("ContainerStatus") or {}).get("ExitCode")
+            tail = await self.container_log_tail()
+            self.log.error("Service %s for %s ended while starting (%s %s); last log lines:\n%s",
+                           self.service_name, self.user.name, state, status.get("Err", ""), tail or "(no output)")
+            await self._remove_failed_container()
+            raise ContainerExited(self.service_name, exit_code, tail or status.get("Err", ""))
 
 
 def running_gpu_services(client, instance: str) -> dict[str, tuple[str, str]]:

@@ -5,6 +5,7 @@
 #   scripts/test.sh setup    only set up the test environment (.venv, Chromium)
 #   scripts/test.sh gpu      on a GPU host: the real-GPU checks of tests/gpu (skipped elsewhere)
 #   scripts/test.sh ansible  the Ansible playbook's lint, converge, idempotence and restore tests
+#   scripts/test.sh swarm    the lab on a three-node Docker Swarm of engine containers (tests/swarm)
 set -euo pipefail
 trap 'echo "[test] ERROR: unexpected failure at $0 line $LINENO (exit $?)" >&2' ERR
 cd "$(dirname "$0")/.."
@@ -75,6 +76,11 @@ if [ "$step" = gpu ]; then
   exec .venv/bin/python -m pytest tests/gpu -q -rs -p no:cacheprovider
 fi
 
+if [ "$step" = swarm ]; then
+  say "the lab on a three-node swarm (tests/swarm): a manager and two workers, Docker engines in containers"
+  exec .venv/bin/python -m pytest tests/swarm -q -rs -p no:cacheprovider
+fi
+
 setup_ansible
 mkdir -p tests/artifacts .build
 rm -f tests/artifacts/ansible-converge.log
@@ -97,6 +103,10 @@ assignments_status=0
 wait "$assignments" || assignments_status=$?
 say "course assignments (exit $assignments_status):"
 cat tests/artifacts/course-assignments.log
-if [ "$lab_status" -ne 0 ] || [ "$assignments_status" -ne 0 ]; then
+# After the test lab is gone: the swarm's three engines and the lab on them need the machine to themselves.
+say "the lab on a three-node swarm (tests/swarm): a manager and two workers, Docker engines in containers"
+swarm_status=0
+.venv/bin/python -m pytest tests/swarm -q -rs -p no:cacheprovider || swarm_status=$?
+if [ "$lab_status" -ne 0 ] || [ "$assignments_status" -ne 0 ] || [ "$swarm_status" -ne 0 ]; then
   exit 1
 fi
