@@ -23,6 +23,11 @@ put ``/etc/lab/guard/in-force`` into the container (a root-owned folder the stud
 which it does only after reading the rules back from the namespace. A node without nodeguard
 starts no server; the student is told why.
 
+Grading sandboxes on a swarm (``hub.course.sandbox.SwarmSandboxes``) are services too, and
+Swarm has no ``none`` network for a service: a task without networks gets the node's default
+bridge. Nodeguard deletes every interface but loopback in a sandbox's namespace as it starts, and
+the sandbox's executor runs no notebook while it sees another interface (60 s, then no result).
+
 Ours: no Jupyter or Docker component isolates containers from each other on an overlay network
 (Docker's ``icc`` option is for bridges only; Kubernetes has NetworkPolicies, Swarm has none).
 """
@@ -78,6 +83,12 @@ def in_netns(pid: int, *cmd: str, input: str | None = None) -> subprocess.Comple
                           capture_output=True, check=True)
 
 
+def interfaces(pid: int) -> list[str]:
+    """The names of the network interfaces in that namespace."""
+    out = in_netns(pid, "ip", "-o", "link", "show").stdout
+    return sorted(line.split(":", 2)[1].strip().split("@")[0] for line in out.splitlines() if ":" in line)
+
+
 def shown(pid: int) -> str:
     """The filter table as the kernel shows it in that namespace (policies and rules)."""
     return in_netns(pid, "iptables", "-w", "-S").stdout
@@ -120,8 +131,12 @@ class NodeGuard:
         return self.client.containers(filters={"label": [f"mlops-lab.instance={self.instance}",
                                                           "mlops-lab.role=student-server"]})
 
-    def guard(self, container_id: str) -> bool:
-        """Write and check one server's rules, then mark it; True once it is guarded."""
+    def sandboxes(self) -> list[dict]:
+        return self.client.containers(filters={"label": [f"mlops-lab.instance={self.instance}",
+                                                          "mlops-lab.role=autograde-sandbox"]})
+
+    def _once(self, container_id: str, act) -> bool:
+        """``act(container_id, pid)`` once per running container; True once it is done."""
         with self.lock:
             if container_id in self.guarded:
                 return True
@@ -129,38 +144,62 @@ class NodeGuard:
             pid = state.get("Pid") or 0
             if not state.get("Running") or pid <= 0:
                 return False
-            in_netns(pid, "iptables-restore", "-w", input=self.rules)
-            missing = self.expected - set(shown(pid).splitlines())
-            if missing:
-                raise RuntimeError(f"rules not in force in {container_id[:12]}: missing {sorted(missing)}")
-            self.client.put_archive(container_id, GUARD_DIR, mark_tar())
+            act(container_id, pid)
             self.guarded.add(container_id)
-            name = self.client.inspect_container(container_id)["Name"].lstrip("/")
-            print(f"[nodeguard] {name}: {'isolated' if self.isolate else 'not isolated (network.isolate: false)'}",
-                  flush=True)
             return True
+
+    def cut_off(self, container_id: str) -> bool:
+        """Delete every interface but loopback in a sandbox's namespace; True once only lo is left."""
+        return self._once(container_id, self._remove_interfaces)
+
+    def _remove_interfaces(self, container_id: str, pid: int) -> None:
+        for name in interfaces(pid):
+            if name != "lo":
+                in_netns(pid, "ip", "link", "delete", name)
+        left = interfaces(pid)
+        if left != ["lo"]:
+            raise RuntimeError(f"sandbox {container_id[:12]} still has {left}")
+        print(f"[nodeguard] sandbox {container_id[:12]}: cut off from every network", flush=True)
+
+    def guard(self, container_id: str) -> bool:
+        """Write and check one server's rules, then mark it; True once it is guarded."""
+        return self._once(container_id, self._write_rules)
+
+    def _write_rules(self, container_id: str, pid: int) -> None:
+        in_netns(pid, "iptables-restore", "-w", input=self.rules)
+        missing = self.expected - set(shown(pid).splitlines())
+        if missing:
+            raise RuntimeError(f"rules not in force in {container_id[:12]}: missing {sorted(missing)}")
+        self.client.put_archive(container_id, GUARD_DIR, mark_tar())
+        name = self.client.inspect_container(container_id)["Name"].lstrip("/")
+        print(f"[nodeguard] {name}: {'isolated' if self.isolate else 'not isolated (network.isolate: false)'}",
+              flush=True)
+
+    def handle(self, container_id: str, role: str) -> None:
+        try:
+            if role == "student-server":
+                self.guard(container_id)
+            elif role == "autograde-sandbox":
+                self.cut_off(container_id)
+        except Exception as e:  # one container's failure must not stop the others'
+            print(f"[nodeguard] could not guard {container_id[:12]}: {e}", file=sys.stderr, flush=True)
 
     def round(self) -> None:
         live = set()
-        for c in self.students():
-            live.add(c["Id"])
-            try:
-                self.guard(c["Id"])
-            except Exception as e:  # one server's failure must not stop the others'
-                print(f"[nodeguard] could not guard {c['Id'][:12]}: {e}", file=sys.stderr, flush=True)
+        for role, found in (("student-server", self.students()), ("autograde-sandbox", self.sandboxes())):
+            for c in found:
+                live.add(c["Id"])
+                self.handle(c["Id"], role)
         with self.lock:
             self.guarded &= live
 
     def watch(self) -> None:
-        """Guard each server as soon as its engine says it started (the rounds catch the rest)."""
+        """Guard each container as soon as its engine says it started (the rounds catch the rest)."""
         events = self.client.events(decode=True, filters={
-            "type": "container", "event": "start",
-            "label": [f"mlops-lab.instance={self.instance}", "mlops-lab.role=student-server"]})
+            "type": "container", "event": "start", "label": [f"mlops-lab.instance={self.instance}"]})
         for event in events:
-            try:
-                self.guard(event["id"])
-            except Exception as e:
-                print(f"[nodeguard] could not guard {event.get('id', '?')[:12]}: {e}", file=sys.stderr, flush=True)
+            role = event.get("Actor", {}).get("Attributes", {}).get("mlops-lab.role", "")
+            self.handle(event.get("id", ""), role)
 
 
 def service_spec(instance: str, image: str, net: str, isolate: bool) -> dict:

@@ -448,7 +448,8 @@ SCHEMA: dict[str, Any] = {
                             "title": "autograde workers (0: one per core, plus one: a worker waits for its sandbox part of the time)"},
                 "warm_sandboxes": {"type": ["integer", "null"], "minimum": 0, "maximum": 256,
                                    "title": "sandbox containers started ahead of need, kernel up, each for one "
-                                            "notebook (null: as many as workers; 0: none)"},
+                                            "notebook (null: as many as workers; 0: none; one host only: on a "
+                                            "swarm each notebook's sandbox starts with it)"},
                 "cpus": {"type": "number", "exclusiveMinimum": 0, "title": "each sandbox's CPU cores"},
                 "mem_limit": {**_size, "title": "each sandbox's memory"},
                 "pids_limit": {"type": "integer", "minimum": 32, "title": "each sandbox's processes"},
@@ -664,6 +665,16 @@ class Settings:
             raise ValueError(f"not secrets: {sorted(unknown)}")
         return {name: value for name, value in self.env.items()
                 if value is not None and (name not in SECRET_VARS or name in secrets)} | {"LAB_SETTINGS_FILE": self.source}
+
+
+def size_bytes(size: str | int | None) -> int | None:
+    """'2G' -> bytes (the lab's size strings: a number with K, M, G or T); None stays None."""
+    if size is None or isinstance(size, int):
+        return size
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if size[-1:].upper() in units:
+        return int(float(size[:-1]) * units[size[-1].upper()])
+    return int(size)
 
 
 def _line_index(node: yaml.Node, path: tuple[str, ...] = (), out: dict | None = None) -> dict:

@@ -43,21 +43,12 @@ from dockerspawner import SwarmSpawner
 from traitlets import Dict, Int, List, Unicode
 
 from .gpu import Device
+from .settings import size_bytes
 from .spawner import ContainerExited, CourseSpawner
 
 GPU_RESOURCE = "NVIDIA-GPU"
 # Task states in which the server has not ended (Swarm's task life cycle).
 LIVE_STATES = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
-
-
-def size_bytes(size: str | int | None) -> int | None:
-    """'2G' -> bytes (the lab's size strings); None stays None."""
-    if size is None or isinstance(size, int):
-        return size
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    if size[-1:].upper() in units:
-        return int(float(size[:-1]) * units[size[-1].upper()])
-    return int(size)
 
 
 def node_matches(node: dict, constraints: list[str]) -> bool:

@@ -97,7 +97,7 @@ LAB_TEST_GRADING_WORKERS=1 .venv/bin/python -m pytest tests/integration/test_cou
 assignments=$!
 say "integration, browser and security tests (against a separate lab instance, mlops-lab-test), then the Ansible playbook's"
 lab_status=0
-.venv/bin/python -m pytest tests/integration tests/browser tests/security tests/ansible -q -rs -p no:cacheprovider \
+.venv/bin/python -m pytest tests/integration tests/browser tests/security tests/ansible -q -rs -p no:cacheprovider --durations=25 \
   --deselect tests/integration/test_course_assignments.py || lab_status=$?
 assignments_status=0
 wait "$assignments" || assignments_status=$?
@@ -106,7 +106,7 @@ cat tests/artifacts/course-assignments.log
 # After the test lab is gone: the swarm's three engines and the lab on them need the machine to themselves.
 say "the lab on a three-node swarm (tests/swarm): a manager and two workers, Docker engines in containers"
 swarm_status=0
-.venv/bin/python -m pytest tests/swarm -q -rs -p no:cacheprovider || swarm_status=$?
+.venv/bin/python -m pytest tests/swarm -q -rs -p no:cacheprovider --durations=10 || swarm_status=$?
 if [ "$lab_status" -ne 0 ] || [ "$assignments_status" -ne 0 ] || [ "$swarm_status" -ne 0 ]; then
   exit 1
 fi

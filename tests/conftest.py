@@ -50,6 +50,34 @@ def solved(assignment: str, release):
     return module.solved(course_notebook(assignment), release)
 
 
+# A script that tries a TCP connection to each HOST:PORT argument and prints "HOST:PORT open" or
+# the error's type: run inside a container or a network namespace (nodeguard's and the swarm's tests).
+CONNECT_SCRIPT = """
+import socket, sys
+for spec in sys.argv[1:]:
+    host, port = spec.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close(); print(spec, "open")
+    except OSError as e:
+        print(spec, type(e).__name__)
+"""
+
+
+def submission_archive(assignment: str, nb) -> bytes:
+    """What nbgrader submit uploads: the notebook, as ``<assignment>.ipynb`` in a gzipped tar."""
+    import io
+    import tarfile
+
+    import nbformat
+
+    data = nbformat.writes(nb).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        info = tarfile.TarInfo(f"{assignment}.ipynb")
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
 # Chromium resolves <anything>.localhost to the loopback address by itself; the tests' own HTTP
 # clients (requests, websocket-client) go through this, so they reach the same origins.
 _getaddrinfo = socket.getaddrinfo
@@ -68,7 +96,11 @@ socket.getaddrinfo = _loopback_getaddrinfo
 # a short-timeout profile for the culling test, fast activity reports, a low pids limit.
 # Logins are configured as for real DTU (OpenID Connect) and GitHub, pointed at the protocol
 # peers of the idp container: browsers reach them on 127.0.0.1, the hub on the lab network.
-TEST_SETTINGS = f"""\
+def auth_settings(idp_port: int, github_port: int) -> str:
+    """lab.yaml's auth section for a test lab: the demo identity providers (DTU's OIDC and the
+    GitHub peer) in the lab's idp container, their login pages published on ``idp_port`` and
+    ``github_port`` of this machine's loopback."""
+    return f"""\
 auth:
   demo: false
   admin_users: [operator]
@@ -77,14 +109,18 @@ auth:
     protocol: oidc
     oidc:
       client_id: mlops-lab-test
-      authorize_url: http://127.0.0.1:{IDP_PORT}/oauth2/authorize
+      authorize_url: http://127.0.0.1:{idp_port}/oauth2/authorize
       token_url: http://idp:9400/oauth2/token
       issuer: http://idp:9400
   github:
     client_id: mlops-lab-demo
-    url: http://127.0.0.1:{GITHUB_PORT}
+    url: http://127.0.0.1:{github_port}
     api_url: http://idp:9401/api/v3
     token_url: http://idp:9401/login/oauth/access_token
+"""
+
+
+TEST_SETTINGS = auth_settings(IDP_PORT, GITHUB_PORT) + """\
 spawner:
   mem_limit: 2G
   cpu_limit: 1.0
@@ -123,9 +159,9 @@ warm:
   hold_minutes: 30
 gpus:
   devices:
-    - {{id: GPU-00000000-0000-0000-0000-0000000000a0, mode: shared, max_users: 2}}
-    - {{id: MIG-00000000-0000-0000-0000-0000000000b1, mode: mig}}
-    - {{id: "3", mode: exclusive}}
+    - {id: GPU-00000000-0000-0000-0000-0000000000a0, mode: shared, max_users: 2}
+    - {id: MIG-00000000-0000-0000-0000-0000000000b1, mode: mig}
+    - {id: "3", mode: exclusive}
 """
 
 
@@ -225,6 +261,28 @@ class Lab:
         """A service answers (the monitor page itself says 503, with a reason, while Prometheus starts)."""
         r = self.session.get(f"{self.service_url(service)}/{path}", timeout=10)
         return r.status_code not in (502, 503, 504) or "Prometheus" in r.text
+
+    def wait_answering(self, *urls: str, timeout: float = 300) -> None:
+        """Until every URL answers 200 (the hub starts its services one by one: slow on a busy host)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if all(requests.get(url, timeout=2).ok for url in urls):
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the lab did not come up ({', '.join(urls)}):\n"
+                                     + self.compose("logs", "--tail", "60", check=False).stdout)
+            time.sleep(1)
+
+    def import_test_roster(self, timeout: float = 60) -> None:
+        """The test roster, once the roster service takes it (it starts after the hub)."""
+        deadline = time.monotonic() + timeout
+        while (r := self.import_roster(TEST_ROSTER)).status_code != 200:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"roster import failed: {r.status_code} {r.text}")
+            time.sleep(1)
 
     def wait_hub(self, timeout: float = 120) -> None:
         """Return once the hub and its services answer."""
@@ -365,25 +423,11 @@ def lab(tmp_path_factory, lab_settings) -> Lab:
     up = lab.compose("up", "-d", check=False)
     assert up.returncode == 0, up.stderr
     try:
-        deadline = time.monotonic() + 300  # the hub starts its services one by one: slow on a busy host
-        while True:
-            try:
-                if requests.get(f"{lab.url}/hub/health", timeout=2).ok and \
-                        requests.get(f"{lab.idp_url}/.well-known/openid-configuration", timeout=2).ok and \
-                        requests.get(f"{lab.cas_url}/cas/login?service=x", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("test lab did not come up:\n" + lab.compose("logs", "--tail", "60").stdout)
-            time.sleep(1)
+        lab.wait_answering(f"{lab.url}/hub/health", f"{lab.idp_url}/.well-known/openid-configuration",
+                           f"{lab.cas_url}/cas/login?service=x")
         lab.wait_netguard_healthy()
         lab.wait_hub(timeout=300)  # every service up, not only the hub's API
-        deadline = time.monotonic() + 60
-        while (r := lab.import_roster(TEST_ROSTER)).status_code != 200:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"roster import failed: {r.status_code} {r.text}")
-            time.sleep(1)
+        lab.import_test_roster()
         yield lab
     finally:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tornado import ioloop, web
 
-from hub.course.sandbox import Limits, WarmPool, limits_from, remove
+from hub.course.sandbox import Limits, SwarmSandboxes, WarmPool, limits_from, remove
 from hub.settings import current
 
 log = logging.getLogger("sandbox")
@@ -108,18 +108,30 @@ class RunHandler(web.RequestHandler):
 
 
 class Runner:
-    def __init__(self, image: str, limits: Limits, workers: int, instance: str, warm: int | None = None):
+    """On one host, sandboxes on this host's engine, some started ahead of need (``WarmPool``);
+    on a swarm, ``swarm_placement`` given, one Swarm service per notebook on the workers
+    (``SwarmSandboxes``: a service cannot be started ahead of its notebook)."""
+
+    def __init__(self, image: str, limits: Limits, workers: int, instance: str, warm: int | None = None,
+                 swarm_placement: list[str] | None = None):
         self.image = image
         self.limits = limits
         self.instance = instance
         self.token = secrets.token_hex(32)
         self.pool = ThreadPoolExecutor(max_workers=max(workers, 2), thread_name_prefix="sandbox")
-        # As many sandboxes started ahead of need as notebooks are graded at once.
-        self.warm = WarmPool(image, limits, size=workers if warm is None else warm, labels={"mlops-lab.instance": instance,
-                                                                  "mlops-lab.grading": "warm"})
+        if swarm_placement is not None:
+            self.warm = SwarmSandboxes(image, limits, instance, swarm_placement)
+        else:  # as many sandboxes started ahead of need as notebooks are graded at once
+            self.warm = WarmPool(image, limits, size=workers if warm is None else warm,
+                                 labels={"mlops-lab.instance": instance, "mlops-lab.grading": "warm"})
 
     def run(self, nb, label: str):
         return self.warm.run(nb, label)
+
+    def where(self) -> str:
+        if isinstance(self.warm, SwarmSandboxes):
+            return f"as Swarm services ({', '.join(self.warm.placement) or 'any node'})"
+        return f"{self.warm.size} started ahead of need"
 
 
 def remove_left_sandboxes(instance: str) -> int:
@@ -141,12 +153,13 @@ def main() -> None:
         sys.exit("the sandbox runner needs root (the Docker socket)")
     lab = current("sandbox")
     workers = lab.grading_workers
+    swarm = lab.get("swarm.enabled")
     runner = Runner(lab.env["LAB_COURSE_IMAGE"], limits_from(lab.get("grading")), workers, lab.instance,
-                    lab.get("grading.warm_sandboxes"))
+                    lab.get("grading.warm_sandboxes"), list(lab.get("swarm.placement")) if swarm else None)
     changed = give_volume_to_grader(lab.course_root)
     if changed:
         log.info("gave %d file(s) on the course volume to the grader user", changed)
-    left = remove_left_sandboxes(lab.instance)
+    left = runner.warm.remove_left() if swarm else remove_left_sandboxes(lab.instance)
     if left:
         log.info("removed %d sandbox container(s) an earlier runner left", left)
     write_token(runner.token)
@@ -154,8 +167,8 @@ def main() -> None:
     app.listen(PORT, "127.0.0.1", max_body_size=200 * 1024 * 1024)
     loop = ioloop.IOLoop.current()
     signal.signal(signal.SIGTERM, lambda *_: loop.add_callback_from_signal(loop.stop))
-    log.info("sandbox runner on 127.0.0.1:%d: %d at once, %d started ahead of need; %s", PORT, max(workers, 2),
-             runner.warm.size, runner.limits.describe())
+    log.info("sandbox runner on 127.0.0.1:%d: %d at once, %s; %s", PORT, max(workers, 2), runner.where(),
+             runner.limits.describe())
     try:
         loop.start()
     finally:

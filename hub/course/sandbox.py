@@ -18,6 +18,15 @@ goes wrong (a kill at the wall time, a dead kernel, an unreadable result) the ca
 notebook whose code cells carry an error naming the reason, so the tests score 0 and the reason
 is in the gradebook's output and in the log.
 
+On a swarm (``swarm.enabled``) a sandbox is a Swarm service placed on a worker like a student's
+server (``SwarmSandboxes``), with the same limits, and no network: Swarm has no ``none`` network
+for a service, so nodeguard (``hub.nodeguard``) deletes the interface of the node's bridge that
+the task gets, and the executor reads no notebook while it sees one. Nothing can
+be written to a service's stdin, so the notebook and the secret go in as a Swarm secret that only
+root may read: the executor starts as root with only the capabilities to change user, forks the
+kernel as the student user, reads the secret, and becomes the student user itself. The result
+comes back through the service's log. The manager needs no course image for grading.
+
 Ours because nbgrader has no sandbox: its executor runs student code in its own process.
 """
 
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gzip
 import json
 import logging
 import secrets
@@ -37,6 +47,8 @@ from dataclasses import dataclass, field
 import docker
 import nbformat
 from docker.types import LogConfig
+
+from hub.settings import size_bytes
 
 log = logging.getLogger("sandbox")
 
@@ -99,18 +111,20 @@ def _send_stdin(container, payload: bytes) -> None:
         raw.close()
 
 
-def parse_output(stdout: bytes, secret: str) -> dict | None:
+def parse_output(stdout: bytes, secret: str, whole: bool = False) -> dict | None:
     """The result frame that carries this run's ``secret``, or None. Frames without it (or with
-    another) are what the notebook printed, and are ignored."""
+    another) are what the notebook printed, and are ignored. ``whole``: the frame's body is all
+    that follows the head, line breaks dropped (a log relayed by Swarm may split a long line)."""
     if not secret:
         raise ValueError("a sandbox run needs a secret")
     head = MARKER + secret.encode() + b"\n"
     at = stdout.rfind(head)
     if at < 0:
         return None
-    body = stdout[at + len(head):].split(b"\n", 1)[0]
+    rest = stdout[at + len(head):]
+    body = b"".join(rest.split()) if whole else rest.split(b"\n", 1)[0].strip()
     try:
-        data = json.loads(base64.b64decode(body.strip(), validate=True).decode("utf-8"))
+        data = json.loads(base64.b64decode(body, validate=True).decode("utf-8"))
     except (ValueError, UnicodeDecodeError, binascii.Error):
         return None
     return data if isinstance(data, dict) and "notebook" in data else None
@@ -184,26 +198,36 @@ def run_in(container, nb: nbformat.NotebookNode, limits: Limits, label: str = ""
     finally:
         remove(container)
     seconds = round(time.monotonic() - started, 3)
-    if reason:
-        log.warning("sandbox %s: %s", label or container.name, reason)
-        return Result(failed(nb, reason), reason, seconds)
-    out = nbformat.from_dict(data["notebook"])
-    if data.get("reason"):
-        log.warning("sandbox %s: %s", label or container.name, data["reason"])
-    reported = data.get("timing") if isinstance(data.get("timing"), dict) else {}
-    timing = {"sandbox": seconds}
-    try:  # what the executor says is only used for the breakdown, never for the result
-        timing["kernel_wait"] = round(max(0.0, float(reported["kernel_ready_at"]) - sent), 3)
-        timing["execute"] = round(float(reported["execute"]), 3)
-    except (KeyError, TypeError, ValueError):
-        pass
-    return Result(out, data.get("reason", ""), seconds, timing)
+    return _result(nb, data, reason, seconds, label or container.name, sent)
 
 
 def run_notebook(nb: nbformat.NotebookNode, image: str, limits: Limits, label: str = "",
                  labels: dict | None = None, client: docker.DockerClient | None = None) -> Result:
     """Execute ``nb`` in a sandbox started for it; never raises for what the notebook does."""
     return _run(lambda: start_sandbox(image, limits, labels, client), nb, limits, label)
+
+
+def _result(nb: nbformat.NotebookNode, data: dict | None, reason: str, seconds: float, label: str,
+            sent: float | None = None) -> Result:
+    """The Result of a sandbox run from its frame (``data``), or the failed notebook with ``reason``."""
+    if reason or data is None:
+        reason = reason or "the sandbox gave no result"
+        log.warning("sandbox %s: %s", label, reason)
+        return Result(failed(nb, reason), reason, seconds)
+    out = nbformat.from_dict(data["notebook"])
+    if data.get("reason"):
+        log.warning("sandbox %s: %s", label, data["reason"])
+    reported = data.get("timing") if isinstance(data.get("timing"), dict) else {}
+    timing = {"sandbox": seconds}
+    try:  # what the executor says is only used for the breakdown, never for the result
+        if sent is not None:
+            timing["kernel_wait"] = round(max(0.0, float(reported["kernel_ready_at"]) - sent), 3)
+        else:
+            timing["kernel_start"] = round(float(reported["kernel_start"]), 3)
+        timing["execute"] = round(float(reported["execute"]), 3)
+    except (KeyError, TypeError, ValueError):
+        pass
+    return Result(out, data.get("reason", ""), seconds, timing)
 
 
 def _run(get_container, nb: nbformat.NotebookNode, limits: Limits, label: str) -> Result:
@@ -288,3 +312,163 @@ class WarmPool:
             drop, self._ready = self._ready, []
         for container in drop:
             remove(container)
+
+
+# -- on a swarm ----------------------------------------------------------------------------------
+
+SECRET_LIMIT = 500 * 1024  # Swarm's limit on a secret's size
+INPUT = "/run/secrets/lab-sandbox-input"
+TERMINAL = {"complete", "failed", "rejected", "shutdown", "orphaned", "remove"}
+
+
+class SwarmSandboxes:
+    """Sandboxes as Swarm services on the workers: one service per notebook, removed after it.
+    The same limits as on one host (CPU, memory, processes, wall time, read-only root, tmpfs, no
+    capability but changing user, which the executor gives up before it reads the notebook's
+    result), placed by Swarm with ``placement`` and a reservation of the sandbox's CPU and memory,
+    so a busy node is not given more. A sandbox that no node starts in ``start_seconds`` fails
+    with Swarm's reason."""
+
+    def __init__(self, image: str, limits: Limits, instance: str, placement: list[str],
+                 client: docker.DockerClient | None = None, start_seconds: float = 300.0):
+        self.image, self.limits, self.instance, self.placement = image, limits, instance, list(placement)
+        # version "auto": the engine's own API version (no-new-privileges needs 1.46)
+        self.client = client or docker.from_env(version="auto", timeout=120)
+        self.start_seconds = start_seconds
+        self._nodes: dict[str, str] = {}
+
+    def labels(self) -> dict:
+        return {"mlops-lab.role": "autograde-sandbox", "mlops-lab.instance": self.instance}
+
+    def node_name(self, node_id: str) -> str:
+        if node_id not in self._nodes:
+            try:
+                self._nodes[node_id] = self.client.api.inspect_node(node_id)["Description"]["Hostname"]
+            except (docker.errors.APIError, KeyError):
+                return node_id[:12]
+        return self._nodes[node_id]
+
+    def task_template(self, secret_id: str, secret_name: str) -> dict:
+        lim = self.limits
+        tmpfs = size_bytes(lim.tmpfs)
+        spec = docker.types.ContainerSpec(
+            self.image, command=[EXEC, "--input", INPUT], user="0:0", workdir="/home/jovyan",
+            env={"HOME": "/home/jovyan", "PYTHONDONTWRITEBYTECODE": "1", "MPLBACKEND": "Agg"},
+            labels=self.labels(), read_only=True, cap_drop=["ALL"], cap_add=["CAP_SETUID", "CAP_SETGID"],
+            mounts=[docker.types.Mount("/tmp", None, type="tmpfs", tmpfs_size=tmpfs, tmpfs_mode=0o1777),
+                    docker.types.Mount("/home/jovyan", None, type="tmpfs", tmpfs_size=tmpfs, tmpfs_mode=0o1777)],
+            secrets=[docker.types.SecretReference(secret_id, secret_name, filename=INPUT.rsplit("/", 1)[1],
+                                                  uid="0", gid="0", mode=0o400)])
+        mem = size_bytes(lim.mem)
+        resources = docker.types.Resources(cpu_limit=int(lim.cpus * 1e9), mem_limit=mem,
+                                           cpu_reservation=int(lim.cpus * 1e9), mem_reservation=mem)
+        template = docker.types.TaskTemplate(
+            spec, resources=resources, restart_policy=docker.types.RestartPolicy(condition="none"),
+            placement=docker.types.Placement(constraints=self.placement),
+            # No network named: Swarm has no "none" for services, so the task gets the node's
+            # bridge, and nodeguard deletes its interface before the executor reads the notebook.
+            log_driver=docker.types.DriverConfig("json-file", {"max-size": "64m", "max-file": "1"}))
+        template["ContainerSpec"]["Privileges"] = {"NoNewPrivileges": True}  # (API 1.46+; older engines ignore it)
+        template["Resources"]["Limits"]["Pids"] = lim.pids  # docker-py has no Pids; the API (1.41+) does
+        return template
+
+    def run(self, nb: nbformat.NotebookNode, label: str = "") -> Result:
+        started = time.monotonic()
+        secret = secrets.token_hex(32)
+        payload = gzip.compress(json.dumps({"notebook": nb, "cell_timeout": self.limits.cell_timeout,
+                                            "limits": self.limits.describe(), "secret": secret}).encode("utf-8"))
+        if len(payload) > SECRET_LIMIT:
+            return _result(nb, None, f"the notebook is too large for a sandbox on the swarm ({len(payload) // 1024} KiB "
+                           f"compressed; Swarm takes {SECRET_LIMIT // 1024} KiB)", 0.0, label)
+        name = f"{self.instance}-sandbox-{uuid.uuid4().hex[:12]}"
+        api = self.client.api
+        service_id = secret_id = None
+        data, reason, timing = None, "", {}
+        try:
+            secret_id = api.create_secret(name, payload, labels=self.labels())["ID"]
+            service_id = api.create_service(self.task_template(secret_id, name), name=name, labels=self.labels())["ID"]
+            data, reason, timing = self._wait(service_id, secret, label)
+        except docker.errors.DockerException as exc:
+            reason = reason or f"the sandbox could not be run on the swarm: {exc}"[:400]
+        finally:
+            self.remove(service_id, secret_id)
+        result = _result(nb, data, reason, round(time.monotonic() - started, 3), label)
+        result.timing.update(timing)
+        return result
+
+    def _task(self, service_id: str) -> dict | None:
+        tasks = self.client.api.tasks(filters={"service": service_id})
+        return max(tasks, key=lambda t: t.get("CreatedAt", "")) if tasks else None
+
+    def _wait(self, service_id: str, secret: str, label: str) -> tuple[dict | None, str, dict]:
+        created = time.monotonic()
+        running_since = None
+        task = None
+        while True:
+            task = self._task(service_id) or {}
+            state = task.get("Status", {}).get("State", "")
+            if running_since is None and state in {"running"} | TERMINAL:
+                running_since = time.monotonic()
+            if state in TERMINAL:
+                break
+            now = time.monotonic()
+            if running_since is None and now - created > self.start_seconds:
+                why = task.get("Status", {}).get("Err") or task.get("Status", {}).get("Message") or state
+                return None, f"no node of the swarm started the sandbox in {self.start_seconds:g} s: {why}", {}
+            if running_since is not None and now - running_since > self.limits.wall_seconds:
+                return None, (f"stopped after the {self.limits.wall_seconds} s wall-time limit "
+                              f"({self.limits.describe()})"), {}
+            time.sleep(0.25)
+        node = self.node_name(task.get("NodeID", "")) if task.get("NodeID") else "no node"
+        status = task.get("Status", {})
+        code = status.get("ContainerStatus", {}).get("ExitCode")
+        timing = {"container_start": round(running_since - created, 3)}
+        log.info("sandbox %s ran on %s: %s (exit %s)", label, node, status.get("State"), code)
+        if status.get("State") != "complete" or code != 0:
+            why = status.get("Err") or status.get("Message") or status.get("State")
+            hint = f" (exit 137: killed, at the memory limit or the process limit: {self.limits.describe()})" \
+                if code == 137 else ""
+            try:
+                tail = self.client.api.service_logs(service_id, stdout=False, stderr=True, follow=False, tail=3)
+                tail = (tail if isinstance(tail, bytes) else b"".join(tail)).decode("utf-8", "replace").strip()
+            except docker.errors.APIError:
+                tail = ""
+            return None, f"the sandbox on {node} gave no result: {why}{hint} {tail[-300:]}".strip()[:500], timing
+        logs = self.client.api.service_logs(service_id, stdout=True, stderr=False, follow=False)
+        stdout = logs if isinstance(logs, bytes) else b"".join(logs)
+        data = parse_output(stdout, secret, whole=True)
+        if data is None:
+            return None, f"the sandbox on {node} finished, but its log holds no result", timing
+        return data, "", timing
+
+    def remove(self, service_id: str | None, secret_id: str | None) -> None:
+        api = self.client.api
+        if service_id:
+            try:
+                api.remove_service(service_id)
+            except docker.errors.APIError:
+                pass
+        if secret_id:
+            for _ in range(20):  # Swarm frees a secret once no service refers to it
+                try:
+                    api.remove_secret(secret_id)
+                    break
+                except docker.errors.NotFound:
+                    break
+                except docker.errors.APIError:
+                    time.sleep(0.5)
+
+    def remove_left(self) -> int:
+        """Sandbox services and secrets of this lab that an earlier runner left."""
+        api = self.client.api
+        labels = [f"{k}={v}" for k, v in self.labels().items()]
+        services = api.services(filters={"label": labels})
+        for service in services:
+            self.remove(service["ID"], None)
+        for secret in api.secrets(filters={"label": labels}):
+            self.remove(None, secret["ID"])
+        return len(services)
+
+    def close(self) -> None:
+        pass
+

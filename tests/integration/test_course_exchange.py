@@ -16,7 +16,7 @@ import nbformat
 import pytest
 
 from hub.course.calendar import load_calendar
-from tests.conftest import INSTANCE, ROOT, TEST_ROSTER, assignment_points, docker, solved
+from tests.conftest import INSTANCE, ROOT, TEST_ROSTER, assignment_points, docker, solved, submission_archive
 
 pytestmark = pytest.mark.integration
 
@@ -160,13 +160,7 @@ def notebook_with(release: nbformat.NotebookNode, answer: str | None) -> bytes:
         if answer is not None and cell.metadata.get("nbgrader", {}).get("solution"):
             cell.source = answer
             break
-    buf = io.BytesIO()
-    data = nbformat.writes(nb).encode()
-    with tarfile.open(fileobj=buf, mode="w:gz") as t:
-        info = tarfile.TarInfo(f"{A}.ipynb")
-        info.size = len(data)
-        t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return submission_archive(A, nb)
 
 
 MALICIOUS = {

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from tests.browser.test_login import browser, login_dtu, new_page  # noqa: F401  (fixture)
-from tests.conftest import INSTANCE, TEST_ROSTER
+from tests.conftest import INSTANCE, TEST_ROSTER, submission_archive
 
 A = "04-project-cli"
 ATTACKER = "s230001"          # runs code in their own container, with their own token
@@ -108,13 +108,7 @@ def with_answer(release: nbformat.NotebookNode, answer: str, extra_cells=()) -> 
             cell.source = answer
             break
     nb.cells.extend(extra_cells)
-    data = nbformat.writes(nb).encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as t:
-        info = tarfile.TarInfo(f"{A}.ipynb")
-        info.size = len(data)
-        t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return submission_archive(A, nb)
 
 
 def hub_exec(*args: str, user: str = "root", check: bool = True) -> subprocess.CompletedProcess:

@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
-from tests.conftest import ARTIFACTS, ROOT, TAG, TEST_ROSTER, Lab
+from tests.conftest import ARTIFACTS, ROOT, TAG, Lab, auth_settings
 
 PREFIX = "mlops-lab-test-sw"
 ENGINE_IMAGE = "mlops-lab-test/engine:latest"
@@ -48,23 +47,7 @@ CAPS = ("CHOWN DAC_OVERRIDE DAC_READ_SEARCH FOWNER FSETID KILL SETGID SETUID SET
         "SYS_PTRACE SYS_PACCT SYS_ADMIN SYS_BOOT SYS_NICE SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE "
         "AUDIT_CONTROL SETFCAP MAC_OVERRIDE MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ").split()
 
-SWARM_SETTINGS = f"""\
-auth:
-  demo: false
-  admin_users: [operator]
-  contact: the 02476 teachers
-  dtu:
-    protocol: oidc
-    oidc:
-      client_id: mlops-lab-test
-      authorize_url: http://127.0.0.1:{IDP_PORT}/oauth2/authorize
-      token_url: http://idp:9400/oauth2/token
-      issuer: http://idp:9400
-  github:
-    client_id: mlops-lab-demo
-    url: http://127.0.0.1:{IDP_PORT + 1}
-    api_url: http://idp:9401/api/v3
-    token_url: http://idp:9401/login/oauth/access_token
+SWARM_SETTINGS = auth_settings(IDP_PORT, IDP_PORT + 1) + f"""\
 spawner:
   mem_limit: 1G
   cpu_limit: 1.0
@@ -84,6 +67,9 @@ profiles:
     cpu_limit: 0.5
 monitoring:
   enabled: false
+grading:
+  test_clock: true
+  workers: 2
 swarm:
   enabled: true
   homes:
@@ -168,10 +154,9 @@ def _load_images(swarm: Swarm, workdir: Path) -> None:
     archive.unlink()
 
 
-@pytest.fixture(scope="session")
-def swarm(tmp_path_factory) -> Swarm:
-    """Build the engine image, start three engines, make the swarm, load the images."""
-    workdir = tmp_path_factory.mktemp("swarm")
+def make_swarm(workdir: Path) -> Swarm:
+    """Build the engine image, start three engines, make the swarm, load the images (also for
+    bench/burst_swarm.py)."""
     shutil.copy("/etc/ssl/certs/ca-certificates.crt", workdir / "extra-ca.crt")
     compose_plugin = shutil.which("docker-compose") or os.path.expanduser("~/.docker/cli-plugins/docker-compose")
     shutil.copy(os.path.realpath(compose_plugin), workdir / "docker-compose")
@@ -211,6 +196,15 @@ def swarm(tmp_path_factory) -> Swarm:
     _load_images(s, workdir)
     s.homes = homes
     s.workdir = workdir
+    return s
+
+
+remove_swarm = _remove
+
+
+@pytest.fixture(scope="session")
+def swarm(tmp_path_factory) -> Swarm:
+    s = make_swarm(tmp_path_factory.mktemp("swarm"))
     try:
         yield s
     finally:
@@ -245,9 +239,19 @@ class SwarmLab(Lab):
     def service(self, user: str) -> str:
         return f"{INSTANCE}-{user}"
 
+    def grader(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """``make autograde``'s command, as the grader user in the hub on the manager."""
+        return subprocess.run(["docker", "exec", container("mgr"), "docker", "exec", "-u", "grader", "-w",
+                               "/srv/course/state/home", f"{INSTANCE}-hub-1", "python", "-m", "hub.course.grading",
+                               *args], capture_output=True, text=True, timeout=timeout)
 
-@pytest.fixture(scope="session")
-def swarm_lab(swarm) -> SwarmLab:
+    def hub_file(self, path: str) -> str:
+        return self.swarm.docker("mgr", "exec", f"{INSTANCE}-hub-1", "cat", path)
+
+
+def start_lab(swarm: Swarm, extra_env: tuple[str, ...] = ()) -> SwarmLab:
+    """The lab on the manager, with compose, as `make up` starts it; up once it answers and the
+    test roster is in (also for bench/burst_swarm.py)."""
     workdir: Path = swarm.workdir
     token = secrets.token_hex(32)
     settings_file = workdir / "lab.yaml"
@@ -268,28 +272,21 @@ def swarm_lab(swarm) -> SwarmLab:
         f"LAB_IMAGE_TAG={TAG}",
         "LAB_SETTINGS_HOST_FILE=/lab-test/lab.yaml",
         f"LAB_SWARM_HOMES={HOMES}",
+        *extra_env,
     ]) + "\n")
     lab = SwarmLab(swarm, env_file, settings_file, token)
     up = lab.compose("up", "-d", check=False)
     assert up.returncode == 0, up.stdout + up.stderr
+    lab.wait_answering(f"{lab.url}/hub/health", f"{lab.idp_url}/.well-known/openid-configuration")
+    lab.wait_hub(timeout=300)
+    lab.import_test_roster()
+    return lab
+
+
+@pytest.fixture(scope="session")
+def swarm_lab(swarm) -> SwarmLab:
+    lab = start_lab(swarm)  # (a lab that does not come up fails with its log's tail)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if requests.get(f"{lab.url}/hub/health", timeout=2).ok and \
-                        requests.get(f"{lab.idp_url}/.well-known/openid-configuration", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("the swarm's lab did not come up:\n" + lab.compose("logs", "--tail", "60").stdout)
-            time.sleep(1)
-        lab.wait_hub(timeout=300)
-        deadline = time.monotonic() + 60
-        while (r := lab.import_roster(TEST_ROSTER)).status_code != 200:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"roster import failed: {r.status_code} {r.text}")
-            time.sleep(1)
         yield lab
     finally:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

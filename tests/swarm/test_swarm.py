@@ -1,19 +1,22 @@
 """The lab on a three-node swarm (tests/swarm/conftest.py): students land on different workers,
 a worker stops and its student starts again on the other with their home as they left it, the
-manager restarts and nothing is lost, and GPUs are placed by the nodes' declared resources.
+manager restarts and nothing is lost, GPUs are placed by the nodes' declared resources, and
+grading's sandboxes run on the workers, cut off from every network, within their limits.
 
 The tests run in this order and share the swarm; each says what it leaves for the next.
 """
 
 from __future__ import annotations
 
+import json
 
+import nbformat
 import pytest
 from playwright.sync_api import expect
 
 from tests.browser.test_login import browser, login_dtu, new_page  # noqa: F401  (browser: the fixture)
-from tests.conftest import ARTIFACTS, wait_for
-from tests.swarm.conftest import FAKE_GPUS, NODES
+from tests.conftest import ARTIFACTS, CONNECT_SCRIPT, submission_archive, wait_for
+from tests.swarm.conftest import FAKE_GPUS, NODES, SUBNET
 
 pytestmark = pytest.mark.swarm
 
@@ -57,17 +60,6 @@ def test_students_land_on_different_nodes_with_their_homes_on_shared_storage(swa
     STATE.update(pages=pages, nodes=nodes)
 
 
-PROBE = """
-import socket, sys
-for spec in sys.argv[1:]:
-    host, port = spec.rsplit(":", 1)
-    try:
-        socket.create_connection((host, int(port)), timeout=3).close(); print(spec, "open")
-    except OSError as e:
-        print(spec, type(e).__name__)
-"""
-
-
 def student_container(swarm, lab, person: str) -> tuple[str, str]:
     node = swarm.node_of_service(lab.service(person))
     cid = swarm.docker(node, "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={lab.service(person)}").split()[0]
@@ -76,7 +68,7 @@ def student_container(swarm, lab, person: str) -> tuple[str, str]:
 
 def probe(swarm, node: str, cid: str, *targets: str) -> dict[str, str]:
     """Connections from inside a student's container, as the student (uid 1000)."""
-    out = swarm.docker(node, "exec", "-u", "1000", cid, "python3", "-c", PROBE, *targets)
+    out = swarm.docker(node, "exec", "-u", "1000", cid, "python3", "-c", CONNECT_SCRIPT, *targets)
     return dict(line.split(" ", 1) for line in out.splitlines())
 
 
@@ -215,3 +207,91 @@ def test_whole_gpus_follow_the_nodes_declared_resources_never_over_capacity(swar
     wait_for(lambda: swarm.node_state("b") == "ready", "node-b to rejoin", timeout=120)
     swarm_lab.start(first, profile="gpu-whole")
     assert gpu_of(swarm, swarm_lab, first)[1] == "node-b"
+
+
+# What a student's notebook tries in the grading sandbox, printed as one JSON line.
+SANDBOX_PROBE = """\
+import json, os, socket
+probe = {"interfaces": sorted(n for _, n in socket.if_nameindex()), "ids": list(os.getresuid())}
+try:
+    probe["secret"] = open("/run/secrets/lab-sandbox-input", "rb").read(1).hex()
+except OSError as e:
+    probe["secret"] = type(e).__name__
+status = open("/proc/self/status").read()
+probe["caps"] = [l.split()[1] for l in status.splitlines() if l.startswith(("CapEff", "CapPrm"))]
+probe["no_new_privs"] = [l.split()[1] for l in status.splitlines() if l.startswith("NoNewPrivs")]
+probe["reach"] = {}
+for host, port in TARGETS:
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        probe["reach"][f"{host}:{port}"] = "open"
+    except OSError as e:
+        probe["reach"][f"{host}:{port}"] = type(e).__name__
+print("PROBE" + json.dumps(probe))
+"""
+
+
+def submission(release, first_cell: str | None, answer: str | None = None) -> bytes:
+    """The released notebook, solved (or ``answer`` in its first solution cell), with
+    ``first_cell`` as an extra code cell at the top, as the tarball nbgrader submit uploads."""
+    from tests.integration.test_course_exchange import A, solved
+
+    nb = nbformat.from_dict(json.loads(json.dumps(release)))
+    if answer is None:
+        nb = solved(A, nb)
+    else:
+        next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")).source = answer
+    if first_cell:
+        nb.cells.insert(0, nbformat.v4.new_code_cell(first_cell))
+    return submission_archive(A, nb)
+
+
+def test_grading_sandboxes_run_on_the_workers_cut_off_from_every_network(swarm, swarm_lab):
+    """Two students submit (one with a probe of the sandbox in their notebook, one whose notebook
+    hogs memory); the instructor's autograde runs each notebook as a Swarm service on a worker:
+    the good one scores full marks, the probe finds no network, no secret, no capability, and the
+    hog is killed at the sandbox's limit and scores 0. The manager has no course image at all."""
+    import io
+    import tarfile
+
+    from tests.integration.test_course_exchange import A, CLOCK, POINTS, RELEASED
+
+    lab = swarm_lab
+    lab.set_clock(CLOCK)
+    lab.wait_course(lambda s: {j["assignment"] for j in s["jobs"] if j["action"] == "release"
+                               and j["state"] == "done"} >= set(RELEASED), "the calendar's releases")
+    targets = [(f"{SUBNET}.10", 2377), (f"{SUBNET}.11", 7946), ("10.201.0.2", 8081), ("172.17.0.1", 80),
+               ("169.254.169.254", 80)]
+    release_tar = lab.course("GET", f"api/assignments/{A}/download", token=lab.user_token("s230001"))
+    assert release_tar.status_code == 200, release_tar.text
+    with tarfile.open(fileobj=io.BytesIO(release_tar.content)) as t:
+        release = nbformat.reads(t.extractfile(f"{A}.ipynb").read().decode(), as_version=4)
+    for student, data in (("s230001", submission(release, f"TARGETS = {targets!r}\n" + SANDBOX_PROBE)),
+                          ("s230002", submission(release, None, "hog = bytearray(3 * 1024**3)"))):
+        r = lab.course("POST", f"api/assignments/{A}/submit", token=lab.user_token(student), data=data)
+        assert r.status_code == 201, r.text
+    assert not swarm.docker("mgr", "image", "ls", "-q", "mlops-lab/course").strip()  # grading needs none here
+
+    r = lab.grader("autograde", A, "--collect", "--workers", "2", "--force")
+    assert r.returncode == 0, r.stdout + r.stderr
+    book = json.loads(lab.hub_file(f"/srv/course/state/grading/{A}.json"))
+    good, hog = book["s230001"], book["s230002"]
+    assert good["status"] == "graded" and good["score"] == good["max_score"] == POINTS, good
+    assert hog["status"] == "graded" and hog["score"] == 0 and "kernel died" in hog["reason"], hog
+
+    graded = lab.hub_file(f"/srv/course/nbgrader/autograded/s230001/{A}/{A}.ipynb")
+    printed = nbformat.reads(graded, as_version=4).cells[0].outputs[0].text
+    line = next(l for l in printed.splitlines() if l.startswith("PROBE"))
+    probe = json.loads(line[len("PROBE"):])
+    assert probe["interfaces"] == ["lo"], probe
+    assert probe["ids"] == [1000, 1000, 1000] and probe["secret"] == "PermissionError", probe
+    assert probe["caps"] == ["0000000000000000"] * 2 and probe["no_new_privs"] == ["1"], probe
+    assert set(probe["reach"].values()) == {"OSError"}, probe  # no route: no interface to send on
+
+    logs = lab.compose("logs", "--no-color", "hub").stdout
+    ran_on = {l.split(" ran on ")[1].split(":")[0] for l in logs.splitlines() if "sandbox" in l and " ran on " in l}
+    assert ran_on and ran_on <= {"node-a", "node-b"}, ran_on
+    # nothing is left behind: no sandbox service, no secret with a notebook in it
+    for kind in ("service", "secret"):
+        left = swarm.docker("mgr", kind, "ls", "-q", "--filter", "label=mlops-lab.role=autograde-sandbox")
+        assert not left.strip(), (kind, left)

@@ -199,3 +199,38 @@ def test_sandbox_result_counts_only_with_the_runs_secret():
     assert parse_output(out + MARKER + b"s3cret\n{forged json}\n", "s3cret") is None
     with pytest.raises(ValueError):
         parse_output(out, "")
+
+
+def test_a_result_relayed_by_swarm_in_pieces_is_read_whole():
+    """Swarm's log relay may split the frame's long base64 line; ``whole`` joins it again."""
+    import base64
+    real = {"notebook": {"cells": ["x" * 40000]}, "reason": ""}
+    body = base64.b64encode(json.dumps(real).encode())
+    pieces = b"\n".join(body[i:i + 16384] for i in range(0, len(body), 16384))
+    out = b"noise\n" + MARKER + b"s3cret\n" + pieces + b"\n"
+    assert parse_output(out, "s3cret", whole=True) == real
+    assert parse_output(out, "s3cret") is None  # a line alone is not the frame
+    assert parse_output(out, "other", whole=True) is None
+
+
+def test_a_swarm_sandbox_has_the_limits_of_one_on_a_host():
+    """The service a notebook runs in on a swarm: the secret only root reads, no capability but
+    changing user, read-only root, tmpfs, CPU, memory and process limits (reserved, so Swarm
+    places by them), no restart, the lab's placement, no network attached."""
+    from hub.course.sandbox import INPUT, Limits, SwarmSandboxes
+
+    sandboxes = SwarmSandboxes("mlops-lab/course:1", Limits(cpus=1.5, mem="2G", pids=99), "lab-x",
+                               ["node.role == worker"], client=object())
+    task = sandboxes.task_template("sid", "lab-x-sandbox-1")
+    spec = task["ContainerSpec"]
+    assert spec["Command"] == ["/usr/local/bin/lab-sandbox-exec", "--input", INPUT] and spec["User"] == "0:0"
+    assert spec["CapabilityDrop"] == ["ALL"] and spec["CapabilityAdd"] == ["CAP_SETUID", "CAP_SETGID"]
+    assert spec["ReadOnly"] is True and spec["Privileges"] == {"NoNewPrivileges": True}
+    assert spec["Secrets"] == [{"SecretID": "sid", "SecretName": "lab-x-sandbox-1",
+                                "File": {"Name": "lab-sandbox-input", "UID": "0", "GID": "0", "Mode": 0o400}}]
+    assert {m["Target"]: m["Type"] for m in spec["Mounts"]} == {"/tmp": "tmpfs", "/home/jovyan": "tmpfs"}
+    assert spec["Labels"] == {"mlops-lab.role": "autograde-sandbox", "mlops-lab.instance": "lab-x"}
+    assert task["Resources"]["Limits"] == {"NanoCPUs": 1_500_000_000, "MemoryBytes": 2 << 30, "Pids": 99}
+    assert task["Resources"]["Reservations"] == {"NanoCPUs": 1_500_000_000, "MemoryBytes": 2 << 30}
+    assert task["RestartPolicy"]["Condition"] == "none"
+    assert task["Placement"] == {"Constraints": ["node.role == worker"]} and "Networks" not in task

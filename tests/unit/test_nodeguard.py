@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from hub import nodeguard
+from tests.conftest import CONNECT_SCRIPT
 
 NET = "10.201"
 OTHER = f"{NET}.8.11"  # another student's server
@@ -32,15 +33,6 @@ LISTEN = textwrap.dedent("""
     threading.Event().wait()
 """)
 
-CONNECT = textwrap.dedent("""
-    import socket, sys
-    for spec in sys.argv[2:]:
-        host, port = spec.rsplit(":", 1)
-        try:
-            socket.create_connection((host, int(port)), timeout=2).close(); print(spec, "open")
-        except OSError as e:
-            print(spec, type(e).__name__)
-""")
 
 
 def sh(*cmd, check=True):
@@ -84,7 +76,7 @@ def namespaces():
 
 
 def connect(ns, *targets):
-    out = sh("ip", "netns", "exec", ns, sys.executable, "-c", CONNECT, "x", *targets).stdout
+    out = sh("ip", "netns", "exec", ns, sys.executable, "-c", CONNECT_SCRIPT, *targets).stdout
     return dict(line.split(" ", 1) for line in out.splitlines())
 
 
@@ -151,3 +143,27 @@ def test_the_mark_is_a_root_owned_file_the_student_cannot_have_made():
     with tarfile.open(fileobj=io.BytesIO(nodeguard.mark_tar())) as tar:
         (member,) = tar.getmembers()
     assert member.name == nodeguard.MARK and member.uid == 0 and member.mode == 0o444
+
+
+class Engine:
+    """The one engine call cut_off makes: a running container whose process is ``pid``."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def inspect_container(self, _container_id):
+        return {"State": {"Running": True, "Pid": self.pid}}
+
+
+def test_a_grading_sandbox_is_cut_off_from_every_network(namespaces, monkeypatch):
+    """A sandbox on a swarm gets the node's bridge (Swarm has no "none" network for services):
+    nodeguard deletes every interface but loopback in its namespace, and then nothing answers."""
+    server, _peer, pid = namespaces
+    monkeypatch.setattr(nodeguard, "HOST_PROC", "/proc")
+    a = nodeguard.addresses(NET)
+    assert connect(server, f"{a['hub']}:8081") == {f"{a['hub']}:8081": "open"}  # before: a network
+    guard = nodeguard.NodeGuard("lab-x", NET, True, client=Engine(pid))
+    assert guard.cut_off("c" * 64) is True
+    assert nodeguard.interfaces(pid) == ["lo"]
+    assert connect(server, f"{a['hub']}:8081", f"{OTHER}:8888") == {
+        f"{a['hub']}:8081": "OSError", f"{OTHER}:8888": "OSError"}
