@@ -1,5 +1,5 @@
 # The MLOps course lab. `make up` runs it, `make test` tests it, `make down` stops it.
-.PHONY: up down roster release collect autograde feedback grades test test-unit test-gpu test-ansible test-swarm build bench bench-autograde bench-burst bench-burst-mini help
+.PHONY: up down roster release collect autograde feedback grades test test-unit test-gpu test-ansible test-swarm build bench bench-autograde bench-burst bench-burst-mini bench-burst-swarm help
 
 help:
 	@echo "make up      build what is missing, start the lab, print its URL and how to log in"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench-burst [N=100] [WINDOW=120] [WARM=1]  bench/burst.py: N students log in and start servers within WINDOW seconds"
 	@echo "make bench-burst-mini [N=300] [WINDOW=300] [WARM=1]  the same with minimal servers: the hub, proxy and spawner under load"
 	@echo "   (WARM=1: the warm service starts their servers first, as before a session; needs warm.enabled)"
+	@echo "make bench-burst-swarm [N=300] [WINDOW=300]  bench/burst_swarm.py: the mini burst against the lab on a three-node swarm"
 
 up:
 	bash scripts/up.sh
@@ -78,3 +79,7 @@ bench-burst:
 bench-burst-mini:
 	bash scripts/test.sh setup
 	bash scripts/bench-burst-mini.sh $(or $(N),300) $(or $(WINDOW),300) $(if $(WARM),--warm)
+
+bench-burst-swarm:
+	bash scripts/test.sh setup
+	.venv/bin/python bench/burst_swarm.py -n $(or $(N),300) --window $(or $(WINDOW),300)

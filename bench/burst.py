@@ -28,6 +28,11 @@ phase), failures by phase and cause, the CPU and memory of the hub's container a
 in it, the memory and start CPU of a student's server, the largest age of netguard's heartbeat
 seen during the burst, and the floor's figures with the ratio.
 
+With --swarm (bench/burst_swarm.py sets it, with --docker for the manager's engine), the lab runs
+on a swarm: the floor is then plain Swarm services of the same image, each until its task runs on
+a worker (this process cannot reach the overlay network, so the floor sends no request), and a
+server's own figures are not read (it runs on a worker).
+
 With --warm, the lab's warm capacity is used as at 9:00 on a course day: the bench students are
 marked as having used the lab yesterday (their hub activity), the warm service is asked to warm
 for the next session now (``POST /services/warm/api/warm``, as an operator can), and the burst
@@ -49,11 +54,13 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import html
 import io
 import json
 import os
 import re
 import secrets
+import shlex
 import socket
 import statistics
 import subprocess
@@ -74,6 +81,8 @@ sys.path.insert(0, str(ROOT))
 from bench.spawn import percentile, read_env  # noqa: E402
 
 CODE, EXPECTED = "sum(range(10))", "45"
+# How this process runs docker against the lab's engine (--docker: e.g. on a swarm's manager).
+DOCKER = ["docker"]
 MINI_MARK = "id='lab-mini'"  # images/mini/mini_server.py's page
 
 # Student servers live on <name>.localhost, which Chromium resolves to loopback by itself; this
@@ -150,6 +159,16 @@ def follow_progress(s: requests.Session, url: str, person: str, timeout: float) 
     raise Failed("spawn", "the progress stream ended before the server was ready")
 
 
+def send_session_id_to_bare_host(s: requests.Session) -> None:
+    """The hub's session-id cookie is for ``.localhost`` (the lab's host and every student's
+    subdomain). Python's cookie jar files a bare host such as ``localhost`` under
+    ``localhost.local`` and so never sends it that cookie, as a browser would; the hub then ties
+    the spawn form's XSRF token to no session and refuses the form. Send it there too."""
+    for cookie in list(s.cookies):
+        if cookie.name == "jupyterhub-session-id" and cookie.domain.startswith(".") and "." not in cookie.domain[1:]:
+            s.cookies.set(cookie.name, cookie.value, domain=cookie.domain[1:] + ".local", path=cookie.path)
+
+
 # -- one student ------------------------------------------------------------------------------
 
 def play_student(url: str, person: str, timeout: float, mini: bool = False) -> dict:
@@ -176,18 +195,21 @@ def play_student(url: str, person: str, timeout: float, mini: bool = False) -> d
             raise Failed(phase, f"not sent to the provider (at {authorize.url})")
         # The provider's button for an account posts its form with that account's sub.
         back = must(s.post(authorize.url, data={"sub": person}, timeout=timeout), phase)
+        send_session_id_to_bare_host(s)
         mark("login")
         phase = "spawn"
         # A server that is up within the hub's slow_spawn_timeout (10 s) is opened at once, without
         # the pending page: the browser lands in it (through its OAuth) straight after login.
         landed = urlparse(back.url).path.startswith(f"/user/{person}/")
         if not landed and "/hub/spawn-pending/" not in back.url:
-            # The spawn form (more than one profile to choose from): the CPU one.
+            # The spawn form (more than one profile to choose from): the CPU one. Its XSRF token is
+            # a hidden field, or (JupyterHub 5) in the form's action.
             xsrf = re.search(r'name="_xsrf"\s+value="([^"]+)"', back.text)
             action = re.search(r'<form[^>]*action="([^"]*)"', back.text)
-            if not (xsrf and action) or "/hub/spawn" not in back.url:
+            target = html.unescape(action.group(1)) if action else ""
+            if not (xsrf or "_xsrf=" in target) or "/hub/spawn" not in back.url:
                 raise Failed("login", f"neither the spawn form nor a starting server after login (at {back.url})")
-            must(s.post(urljoin(back.url, action.group(1)), data={"_xsrf": xsrf.group(1), "profile": "cpu"},
+            must(s.post(urljoin(back.url, target), data={"profile": "cpu", **({"_xsrf": xsrf.group(1)} if xsrf else {})},
                         timeout=timeout), phase)
         if landed:
             u = urlparse(back.url)
@@ -257,14 +279,14 @@ def floor_server(image: str, network: str, name: str, timeout: float, mini: bool
         run = ["--entrypoint", "jupyter", image, "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser",
                f"--IdentityProvider.token={token}"]
     try:
-        subprocess.run(["docker", "run", "-d", "--name", name, "--network", network, *run], check=True,
+        subprocess.run([*DOCKER, "run", "-d", "--name", name, "--network", network, *run], check=True,
                        capture_output=True, timeout=120)
         ip = ""
         auth = {"Authorization": f"token {token}"}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not ip:
-                nets = json.loads(subprocess.run(["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}",
+                nets = json.loads(subprocess.run([*DOCKER, "inspect", "-f", "{{json .NetworkSettings.Networks}}",
                                                   name], capture_output=True, text=True).stdout or "{}")
                 ip = (nets.get(network) or {}).get("IPAddress", "")
             try:
@@ -286,6 +308,29 @@ def floor_server(image: str, network: str, name: str, timeout: float, mini: bool
         return {"ok": False, "phase": "start", "cause": f"{type(e).__name__}: {str(e)[:120]}", "marks": marks}
 
 
+def floor_service(image: str, network: str, name: str, timeout: float) -> dict:
+    """The floor on a swarm: a plain Swarm service of the image on a worker, until its task runs."""
+    marks = {"start": time.perf_counter()}
+    try:
+        subprocess.run([*DOCKER, "service", "create", "-d", "-q", "--name", name, "--network", network,
+                        "--restart-condition", "none", "--constraint", "node.role == worker",
+                        "-e", "LAB_MINI_NO_LOGIN=1", "-e", "JUPYTERHUB_SERVICE_PREFIX=/", image],
+                       check=True, capture_output=True, timeout=120)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = subprocess.run([*DOCKER, "service", "ps", "--format", "{{.CurrentState}}", name],
+                                   capture_output=True, text=True, timeout=60).stdout
+            if state.startswith("Running"):
+                marks["first result"] = time.perf_counter()
+                return {"ok": True, "phase": "start", "cause": "", "marks": marks}
+            if state.split(" ")[0] in ("Failed", "Rejected", "Complete", "Shutdown"):
+                return {"ok": False, "phase": "start", "cause": state.strip()[:120], "marks": marks}
+            time.sleep(0.3)
+        return {"ok": False, "phase": "start", "cause": "not running", "marks": marks}
+    except subprocess.SubprocessError as e:
+        return {"ok": False, "phase": "start", "cause": f"{type(e).__name__}: {str(e)[:120]}", "marks": marks}
+
+
 # -- what the host sees ------------------------------------------------------------------------
 
 def cgroup(kind: str, cid: str, name: str) -> int | None:
@@ -296,17 +341,17 @@ def cgroup(kind: str, cid: str, name: str) -> int | None:
 
 
 def container_id(name: str) -> str:
-    return subprocess.run(["docker", "inspect", "-f", "{{.Id}}", name], capture_output=True, text=True).stdout.strip()
+    return subprocess.run([*DOCKER, "inspect", "-f", "{{.Id}}", name], capture_output=True, text=True).stdout.strip()
 
 
 class Watcher:
     """Samples, every second, the hub's and the proxy's containers' memory and netguard's heartbeat age."""
 
-    def __init__(self, instance: str):
+    def __init__(self, instance: str, swarm: bool = False):
         self.ids = {"hub": container_id(f"{instance}-hub-1"), "proxy": container_id(f"{instance}-proxy-1")}
-        mount = subprocess.run(["docker", "volume", "inspect", "-f", "{{.Mountpoint}}",
+        mount = subprocess.run([*DOCKER, "volume", "inspect", "-f", "{{.Mountpoint}}",
                                 f"{instance}_netguard-state"], capture_output=True, text=True).stdout.strip()
-        self.heartbeat = Path(mount) / "heartbeat.json" if mount else None
+        self.heartbeat = Path(mount) / "heartbeat.json" if mount and not swarm else None  # (one host only)
         self.peak = {"hub": 0, "proxy": 0}
         self.heartbeat_age = 0.0
         self.stop = threading.Event()
@@ -438,7 +483,7 @@ class Lab:
                     break
                 time.sleep(1)
             self.api.delete(f"{self.url}/hub/api/users/{sid}", timeout=30)
-            subprocess.run(["docker", "volume", "rm", "-f", f"{self.instance}-home-{sid}"], capture_output=True)
+            subprocess.run([*DOCKER, "volume", "rm", "-f", f"{self.instance}-home-{sid}"], capture_output=True)
 
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(remove, students))
@@ -466,7 +511,7 @@ def summary(label: str, results: list[dict], elapsed: float) -> list[float]:
 def server_figures(instance: str, students: list[str]) -> None:
     mem, cpu = [], []
     for sid in students:
-        cid = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", f"{instance}-{sid}"], capture_output=True,
+        cid = subprocess.run([*DOCKER, "inspect", "-f", "{{.Id}}", f"{instance}-{sid}"], capture_output=True,
                              text=True).stdout.strip()
         if not cid:
             continue
@@ -484,7 +529,7 @@ def server_figures(instance: str, students: list[str]) -> None:
 
 def docker_call_figures(instance: str, since: float) -> None:
     """The spawner's Docker call summaries (hub.spawner.DockerCalls) the hub logged during the run."""
-    logs = subprocess.run(["docker", "logs", "--since", str(int(since)), f"{instance}-hub-1"], capture_output=True,
+    logs = subprocess.run([*DOCKER, "logs", "--since", str(int(since)), f"{instance}-hub-1"], capture_output=True,
                           text=True)
     found = re.findall(r"Docker calls in the last \d+ s: (\d+) .*?waited for a thread p50 (\d+) p95 (\d+) "
                        r"max (\d+) ms; took p50 (\d+) p95 (\d+)", logs.stdout + logs.stderr)
@@ -499,7 +544,7 @@ def docker_call_figures(instance: str, since: float) -> None:
 
 def hub_server_image(instance: str) -> str:
     """LAB_SERVER_IMAGE as the running hub has it (empty: the course image)."""
-    env = subprocess.run(["docker", "inspect", "-f", "{{json .Config.Env}}", f"{instance}-hub-1"],
+    env = subprocess.run([*DOCKER, "inspect", "-f", "{{json .Config.Env}}", f"{instance}-hub-1"],
                          capture_output=True, text=True).stdout
     for item in json.loads(env or "[]"):
         if item.startswith("LAB_SERVER_IMAGE="):
@@ -526,9 +571,13 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=600, help="per student (default 600 s)")
     p.add_argument("--no-floor", action="store_true", help="skip the plain docker run floor")
     p.add_argument("--keep", action="store_true", help="leave the bench students' servers running")
+    p.add_argument("--docker", default="docker", help="the command that runs docker against the lab's engine "
+                   "(default: docker; bench/burst_swarm.py: docker exec <manager> docker)")
+    p.add_argument("--swarm", action="store_true", help="the lab runs on a swarm (bench/burst_swarm.py sets it)")
     p.add_argument("--warm", action="store_true",
                    help="the warm service starts the students' servers before they arrive (needs warm.enabled)")
     a = p.parse_args()
+    DOCKER[:] = shlex.split(a.docker)
     if not a.token:
         p.error("no admin token: set LAB_ADMIN_API_TOKEN in .env (make up creates one) or pass --token")
     if not 1 <= a.n <= 9999:
@@ -549,13 +598,20 @@ def main() -> int:
     if not a.no_floor:
         names = [f"burst-floor-{run}-{i:04d}" for i in range(a.n)]
         t0 = time.perf_counter()
-        try:
-            floor = arrivals(a.n, a.window, lambda i: floor_server(a.image, a.network, names[i], a.timeout, a.mini))
-        finally:
-            subprocess.run(["docker", "rm", "-f", *names], capture_output=True)
-        floor_totals = summary(f"floor: plain docker run, {'the minimal server' if a.mini else 'JupyterLab'} "
-                               "alone, to the cell's result", floor,
-                               time.perf_counter() - t0)
+        if a.swarm:
+            try:
+                floor = arrivals(a.n, a.window, lambda i: floor_service(a.image, a.network, names[i], a.timeout))
+            finally:
+                for at in range(0, len(names), 50):
+                    subprocess.run([*DOCKER, "service", "rm", *names[at:at + 50]], capture_output=True)
+            label = "floor: plain Swarm services of the same image, until each task runs on a worker"
+        else:
+            try:
+                floor = arrivals(a.n, a.window, lambda i: floor_server(a.image, a.network, names[i], a.timeout, a.mini))
+            finally:
+                subprocess.run([*DOCKER, "rm", "-f", *names], capture_output=True)
+            label = f"floor: plain docker run, {'the minimal server' if a.mini else 'JupyterLab'} alone, to the cell's result"
+        floor_totals = summary(label, floor, time.perf_counter() - t0)
 
     lab = Lab(a.url, a.token, a.idp, a.instance)
     students = [f"s98{run[-1]}{i:03d}" if a.n <= 1000 else f"s9{i:05d}" for i in range(a.n)]
@@ -567,7 +623,7 @@ def main() -> int:
             lab.clean_up(students, roster)
             raise
         print(f"warm: {a.n} servers started by the warm service before the first arrival, in {took:.0f} s", flush=True)
-    watcher = Watcher(a.instance)
+    watcher = Watcher(a.instance, a.swarm)
     sampler = threading.Thread(target=watcher.run, daemon=True)
     try:
         cpu0 = watcher.cpu()
@@ -594,7 +650,8 @@ def main() -> int:
             print(f"  netguard heartbeat: largest age seen {watcher.heartbeat_age:.1f} s (the hub's tolerance: "
                   f"{TOLERANCE:.0f} s)")
         docker_call_figures(a.instance, wall0)
-        server_figures(a.instance, students)
+        if not a.swarm:  # (on a swarm, the servers run on the workers)
+            server_figures(a.instance, students)
         if floor_totals and totals:
             print(f"\nratio lab/floor: p50 {percentile(totals, 50) / percentile(floor_totals, 50):.2f}x   "
                   f"p95 {percentile(totals, 95) / percentile(floor_totals, 95):.2f}x")

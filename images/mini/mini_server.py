@@ -249,7 +249,19 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+def wait_for_guard() -> None:
+    """As the course image's lab-start does on a swarm (LAB_GUARD_WAIT): serve nothing before
+    nodeguard's mark is in /etc/lab/guard, so a burst on a swarm pays what a real start pays."""
+    wait = float(ENV.get("LAB_GUARD_WAIT") or 0)
+    deadline = time.monotonic() + wait
+    while wait and not os.path.exists("/etc/lab/guard/in-force"):
+        if time.monotonic() > deadline:
+            sys.exit(f"mini: nodeguard did not guard this server within {wait:g} s")
+        time.sleep(0.25)
+
+
 def main() -> None:
+    wait_for_guard()
     bind = urlparse(ENV.get("JUPYTERHUB_SERVICE_URL", "http://0.0.0.0:8888/"))
     server = ThreadingHTTPServer((bind.hostname or "0.0.0.0", bind.port or 8888), Handler)
     server.daemon_threads = True
