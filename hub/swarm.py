@@ -49,6 +49,9 @@ from .spawner import ContainerExited, CourseSpawner
 GPU_RESOURCE = "NVIDIA-GPU"
 # Task states in which the server has not ended (Swarm's task life cycle).
 LIVE_STATES = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
+NODE_LOST_STATES = {"down", "disconnected"}
+NODE_LOSS_GRACE = 30.0  # seconds a node must stay down before its servers count as ended
+NOT_READY_SINCE: dict[str, float] = {}  # node id -> when this hub first saw it down
 
 
 def node_matches(node: dict, constraints: list[str]) -> bool:
@@ -261,11 +264,25 @@ class SwarmCourseSpawner(CourseSpawner, SwarmSpawner):
         state = (task or {}).get("Status", {}).get("State", "")
         node_lost = False
         if task and state in LIVE_STATES and task.get("NodeID"):
+            # Swarm's own verdict, "down" or "disconnected", held for NODE_LOSS_GRACE, or no such
+            # node. A manager that restarts marks every node "unknown" until it hears from it, and
+            # "down" if that takes a few seconds, while the servers on it run on: the hub, which
+            # restarts with the manager, must not end them for that.
+            node_id = task["NodeID"]
             try:
-                node = await self.docker("inspect_node", task["NodeID"])
-                node_lost = node.get("Status", {}).get("State") != "ready"
-            except Exception:
+                node = await self.docker("inspect_node", node_id)
+                if node.get("Status", {}).get("State") in NODE_LOST_STATES:
+                    since = NOT_READY_SINCE.setdefault(node_id, time.monotonic())
+                    node_lost = time.monotonic() - since >= NODE_LOSS_GRACE
+                    if not node_lost:
+                        return None
+                else:
+                    NOT_READY_SINCE.pop(node_id, None)
+            except docker.errors.NotFound:
                 node_lost = True
+            except Exception as e:  # the manager's API not answering (yet): nothing is known
+                self.log.warning("Could not ask Swarm about the node of %s's server: %s", self.user.name, e)
+                return None
         if task and state in LIVE_STATES and not node_lost:
             return None
         if await self.get_object() is None and not task:

@@ -220,12 +220,20 @@ def task(state, node="n1", err=""):
 def test_a_server_on_a_node_that_went_down_is_reported_stopped_with_the_reason(tmp_path):
     import asyncio
 
+    from hub import swarm
+
     fake = FakeDocker()
     s = swarm_spawner(tmp_path, fake)
     fake.nodes["n1"] = {"Status": {"State": "ready"}, "Description": {"Hostname": "node-a"}}
     fake.tasks_list = [task("running")]
     assert asyncio.run(s.poll()) is None and s.stopped_reason == ""
+    # A manager that just restarted has every node "unknown" until it hears from it: not lost.
+    fake.nodes["n1"] = {"Status": {"State": "unknown"}, "Description": {"Hostname": "node-a"}}
+    assert asyncio.run(s.poll()) is None and s.stopped_reason == ""
+    # Down: lost once it stays down for the grace (a restarted manager may say "down" for a moment).
     fake.nodes["n1"] = {"Status": {"State": "down"}, "Description": {"Hostname": "node-a"}}
+    assert asyncio.run(s.poll()) is None and s.stopped_reason == ""
+    swarm.NOT_READY_SINCE["n1"] -= swarm.NODE_LOSS_GRACE
     assert asyncio.run(s.poll()) is not None
     assert s.stopped_reason.startswith("The machine your server ran on (node-a) stopped")
     assert "Your files are safe" in s.stopped_reason
