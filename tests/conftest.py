@@ -297,10 +297,17 @@ class Lab:
         raise AssertionError("the hub did not come back after a restart:\n" + self.compose("logs", "--tail", "40", "hub").stdout)
 
     def wait_netguard_healthy(self, timeout: float = 60) -> None:
+        """Until netguard is healthy and its heartbeat is there now: Docker's health status lags
+        by up to its 5 s interval, and netguard removes the heartbeat while it puts back rules
+        it found changed, so servers cannot start in between (the gate is closed)."""
         deadline = time.monotonic() + timeout
+        guard = f"{INSTANCE}-netguard-1"
         while time.monotonic() < deadline:
-            state = docker("inspect", "--format", "{{.State.Health.Status}}", f"{INSTANCE}-netguard-1", check=False).strip()
-            if state == "healthy":
+            state = docker("inspect", "--format", "{{.State.Health.Status}}", guard, check=False).strip()
+            beating = subprocess.run(["docker", "exec", guard, "sh", "-c", "test -n \"$(find /run/lab-netguard/"
+                                      "heartbeat.json -newermt '-15 seconds' 2>/dev/null)\""],
+                                     capture_output=True).returncode == 0
+            if state == "healthy" and beating:
                 return
             time.sleep(1)
         raise AssertionError(f"netguard not healthy after {timeout}s:\n" + self.compose("logs", "--tail", "30", "netguard").stdout)
