@@ -21,6 +21,7 @@ import argparse
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,16 @@ def main() -> int:
                "-n", str(a.n), "--window", str(a.window), "--url", lab.url, "--idp", lab.idp_url,
                "--token", lab.token, "--instance", INSTANCE, "--network", INSTANCE,
                "--docker", f"docker exec {container('mgr')} docker", *(["--no-floor"] if a.no_floor else [])]
-        return subprocess.run(cmd, cwd=ROOT).returncode
+        code = subprocess.run(cmd, cwd=ROOT).returncode
+        # The hub's log says where each start spent its time ("Server of ...: service made in ...").
+        logs = ROOT / "bench" / "results" / time.strftime("burst-swarm-%Y%m%d-%H%M%S")
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / "compose.log").write_text(lab.compose("logs", "--no-color", "--timestamps", check=False).stdout)
+        guard = subprocess.run(["docker", "exec", container("mgr"), "docker", "service", "logs", "--timestamps",
+                                f"{INSTANCE}-nodeguard"], capture_output=True, text=True)
+        (logs / "nodeguard.log").write_text(guard.stdout + guard.stderr)
+        print(f"burst-swarm: the lab's logs are in {logs.relative_to(ROOT)}", flush=True)
+        return code
     finally:
         print("burst-swarm: removing the swarm", flush=True)
         remove_swarm()

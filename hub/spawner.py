@@ -507,12 +507,17 @@ class CourseSpawner(DockerSpawner):
             self.start_queue().leave(self.user.name)  # the next in line starts once this one answers
 
     async def _start(self):
+        began = time.monotonic()
         if self.require_netguard:
             await self.check_netguard()
         profile = await self.prepare_profile()
         try:
             ip, port = await super().start()
+            running = time.monotonic()
             await self._wait_for_port_or_exit(ip, port)
+            # Where a start spends its time (JupyterHub then waits for the server's HTTP answer).
+            self.log.info("Server of %s: %s, port %s open %.1f s later", self.user.name,
+                          self.started_phases(running - began), port, time.monotonic() - running)
         except Exception as e:
             self.release_gpu()
             if profile.gpu != "none" and "could not select device driver" in str(e):
@@ -524,6 +529,9 @@ class CourseSpawner(DockerSpawner):
                 ) from None
             raise
         return ip, port
+
+    def started_phases(self, took: float) -> str:
+        return f"container created and running in {took:.1f} s"
 
     async def _remove_failed_container(self) -> None:
         if await self.get_object():

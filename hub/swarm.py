@@ -300,12 +300,15 @@ class SwarmCourseSpawner(CourseSpawner, SwarmSpawner):
         """Wait until the task runs. SwarmSpawner waits through "rejected" too, which with the
         restart policy ``none`` is final: fail at once instead, with Swarm's reason."""
         delay = 0.5
-        deadline = time.monotonic() + self.start_timeout
+        created = time.monotonic()
+        deadline = created + self.start_timeout
         while time.monotonic() < deadline:
             task = await self.get_task()
             status = (task or {}).get("Status", {})
             state = status.get("State", "")
             if state == "running":
+                self._running_after = time.monotonic() - created
+                self._node = (task.get("NodeID") or "")[:12]
                 return
             if task is None or state not in LIVE_STATES:
                 tail = await self.container_log_tail()
@@ -318,6 +321,11 @@ class SwarmCourseSpawner(CourseSpawner, SwarmSpawner):
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 3)
         raise RuntimeError(f"Service {self.service_name} did not run within {self.start_timeout} s")
+
+    def started_phases(self, took: float) -> str:
+        running_after = getattr(self, "_running_after", 0.0)
+        return (f"service made in {took - running_after:.1f} s, its task running on node "
+                f"{getattr(self, '_node', '') or '?'} {running_after:.1f} s later")
 
     async def get_ip_and_port(self):
         """The task's own address on the lab's network. Not the service's name: after a node is
