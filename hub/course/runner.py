@@ -34,7 +34,7 @@ from pathlib import Path
 
 from tornado import ioloop, web
 
-from hub.course.sandbox import Limits, SwarmSandboxes, WarmPool, limits_from, remove
+from hub.course.sandbox import Limits, SwarmSandboxes, WarmPool, limits_from
 from hub.settings import current
 
 log = logging.getLogger("sandbox")
@@ -110,7 +110,8 @@ class RunHandler(web.RequestHandler):
 class Runner:
     """On one host, sandboxes on this host's engine, some started ahead of need (``WarmPool``);
     on a swarm, ``swarm_placement`` given, one Swarm service per notebook on the workers
-    (``SwarmSandboxes``: a service cannot be started ahead of its notebook)."""
+    (``SwarmSandboxes``: a service cannot be started ahead of its notebook). Both kinds run a
+    notebook, remove what an earlier runner left, describe themselves and close."""
 
     def __init__(self, image: str, limits: Limits, workers: int, instance: str, warm: int | None = None,
                  swarm_placement: list[str] | None = None):
@@ -119,32 +120,14 @@ class Runner:
         self.instance = instance
         self.token = secrets.token_hex(32)
         self.pool = ThreadPoolExecutor(max_workers=max(workers, 2), thread_name_prefix="sandbox")
+        self.sandboxes: WarmPool | SwarmSandboxes
         if swarm_placement is not None:
-            self.warm = SwarmSandboxes(image, limits, instance, swarm_placement)
+            self.sandboxes = SwarmSandboxes(image, limits, instance, swarm_placement)
         else:  # as many sandboxes started ahead of need as notebooks are graded at once
-            self.warm = WarmPool(image, limits, size=workers if warm is None else warm,
-                                 labels={"mlops-lab.instance": instance, "mlops-lab.grading": "warm"})
+            self.sandboxes = WarmPool(image, limits, size=workers if warm is None else warm, instance=instance)
 
     def run(self, nb, label: str):
-        return self.warm.run(nb, label)
-
-    def where(self) -> str:
-        if isinstance(self.warm, SwarmSandboxes):
-            return f"as Swarm services ({', '.join(self.warm.placement) or 'any node'})"
-        return f"{self.warm.size} started ahead of need"
-
-
-def remove_left_sandboxes(instance: str) -> int:
-    """Sandboxes of this lab that a runner before this one left (killed, or the hub restarted):
-    nobody will read their results."""
-    import docker
-
-    client = docker.from_env(timeout=60)
-    left = client.containers.list(all=True, filters={"label": ["mlops-lab.role=autograde-sandbox",
-                                                               f"mlops-lab.instance={instance}"]})
-    for container in left:
-        remove(container)
-    return len(left)
+        return self.sandboxes.run(nb, label)
 
 
 def main() -> None:
@@ -159,7 +142,7 @@ def main() -> None:
     changed = give_volume_to_grader(lab.course_root)
     if changed:
         log.info("gave %d file(s) on the course volume to the grader user", changed)
-    left = runner.warm.remove_left() if swarm else remove_left_sandboxes(lab.instance)
+    left = runner.sandboxes.remove_left()
     if left:
         log.info("removed %d sandbox container(s) an earlier runner left", left)
     write_token(runner.token)
@@ -167,12 +150,12 @@ def main() -> None:
     app.listen(PORT, "127.0.0.1", max_body_size=200 * 1024 * 1024)
     loop = ioloop.IOLoop.current()
     signal.signal(signal.SIGTERM, lambda *_: loop.add_callback_from_signal(loop.stop))
-    log.info("sandbox runner on 127.0.0.1:%d: %d at once, %s; %s", PORT, max(workers, 2), runner.where(),
+    log.info("sandbox runner on 127.0.0.1:%d: %d at once, %s; %s", PORT, max(workers, 2), runner.sandboxes.describe(),
              runner.limits.describe())
     try:
         loop.start()
     finally:
-        runner.warm.close()  # no kernel waits for a notebook that will not come
+        runner.sandboxes.close()  # no kernel waits for a notebook that will not come
 
 
 if __name__ == "__main__":

@@ -252,9 +252,9 @@ class WarmPool:
     removed after it. The pool fills on the first ``take()`` and empties after ``idle_seconds``
     without one, so an idle lab holds no kernels."""
 
-    def __init__(self, image: str, limits: Limits, size: int, labels: dict | None = None,
-                 idle_seconds: float = 120.0):
-        self.image, self.limits, self.size, self.labels = image, limits, max(0, size), labels or {}
+    def __init__(self, image: str, limits: Limits, size: int, instance: str, idle_seconds: float = 120.0):
+        self.image, self.limits, self.size, self.instance = image, limits, max(0, size), instance
+        self.labels = {"mlops-lab.instance": instance, "mlops-lab.grading": "warm"}
         self.idle_seconds = idle_seconds
         self._ready: list = []
         self._starting = 0
@@ -305,6 +305,19 @@ class WarmPool:
                 drop, self._ready = (self._ready, []) if idle else ([], self._ready)
             for container in drop:
                 remove(container)
+
+    def describe(self) -> str:
+        return f"{self.size} started ahead of need"
+
+    def remove_left(self) -> int:
+        """Sandboxes of this lab that a runner before this one left (killed, or the hub
+        restarted): nobody will read their results."""
+        client = docker.from_env(timeout=60)
+        left = client.containers.list(all=True, filters={"label": ["mlops-lab.role=autograde-sandbox",
+                                                                   f"mlops-lab.instance={self.instance}"]})
+        for container in left:
+            remove(container)
+        return len(left)
 
     def close(self) -> None:
         with self._lock:
@@ -457,6 +470,9 @@ class SwarmSandboxes:
                     break
                 except docker.errors.APIError:
                     time.sleep(0.5)
+
+    def describe(self) -> str:
+        return f"as Swarm services ({', '.join(self.placement) or 'any node'})"
 
     def remove_left(self) -> int:
         """Sandbox services and secrets of this lab that an earlier runner left."""
