@@ -2,10 +2,8 @@
 server; people off the roster and unlinked GitHub accounts get pages that say what to do; TAs
 reach students' servers and students reach only their own."""
 
-import time
 
 import pytest
-import requests
 from playwright.sync_api import expect, sync_playwright
 
 from tests.conftest import ARTIFACTS, docker

@@ -6,7 +6,6 @@ TAs are refused."""
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,6 @@
 """Profiles, GPU requests, hardening and culling against the real engine and hub."""
 
 import asyncio
-import json
 import subprocess
 import time
 
