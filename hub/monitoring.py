@@ -52,11 +52,27 @@ def _write(path: Path, text: str, mode: int) -> None:
     os.replace(tmp, path)
 
 
+def exporter_service_name(instance: str) -> str:
+    """On a swarm: the exporter's global service, one task per node."""
+    return f"{instance}-metrics"
+
+
 def prometheus_config(scrape_seconds: int, hub: str = "hub:8081", exporter: str = f"metrics:{EXPORTER_PORT}",
-                      token_file: str = f"/run/lab-monitor/{TOKEN_FILE}") -> str:
-    """prometheus.yml: the hub's metrics (with the token) and the container exporter."""
+                      token_file: str = f"/run/lab-monitor/{TOKEN_FILE}", swarm_service: str = "") -> str:
+    """prometheus.yml: the hub's metrics (with the token) and the container exporter. On a swarm
+    (``swarm_service``), every node's exporter, found by Swarm's DNS (``tasks.<service>``, one
+    address per task), so a node that joins is scraped at the next lookup."""
     every = f"{scrape_seconds}s"
     timeout = f"{max(3, min(scrape_seconds - 1, 10))}s"
+    if swarm_service:
+        exporters = f"""    dns_sd_configs:
+      - names: ["tasks.{swarm_service}"]
+        type: A
+        port: {EXPORTER_PORT}
+        refresh_interval: {every}"""
+    else:
+        exporters = f"""    static_configs:
+      - targets: ["{exporter}"]"""
     return f"""# Written by the hub at each start (hub/monitoring.py) from lab.yaml's monitoring section.
 global:
   scrape_interval: {every}
@@ -71,15 +87,14 @@ scrape_configs:
     static_configs:
       - targets: ["{hub}"]
   - job_name: containers
-    static_configs:
-      - targets: ["{exporter}"]
+{exporters}
   - job_name: prometheus
     static_configs:
       - targets: ["localhost:9090"]
 """
 
 
-def write_prometheus_config(scrape_seconds: int, retention: str, folder: Path = FOLDER) -> str:
+def write_prometheus_config(scrape_seconds: int, retention: str, folder: Path = FOLDER, swarm_service: str = "") -> str:
     """For the hub: the metrics token (made once, kept), prometheus.yml and the retention, written
     atomically; returns the token. The token may only read the hub's metrics, and the files are
     readable by Prometheus's own user (not root) in its container."""
@@ -91,7 +106,7 @@ def write_prometheus_config(scrape_seconds: int, retention: str, folder: Path = 
     _write(token_path, token, 0o644)
     conf = folder / "prometheus.yml"
     before = conf.read_text() if conf.is_file() else None
-    _write(conf, prometheus_config(scrape_seconds), 0o644)
+    _write(conf, prometheus_config(scrape_seconds, swarm_service=swarm_service), 0o644)
     _write(folder / "retention", retention, 0o644)
     if before is not None and before != conf.read_text():
         reload_prometheus()
@@ -242,10 +257,11 @@ def gpu_holders(allocations: dict[str, str], gpus: list[dict]) -> list[tuple[str
 class LabCollector:
     """prometheus_client collector: one reading of every container of the lab per scrape."""
 
-    def __init__(self, instance: str, cgroups: Cgroups, client=None, gpus=read_gpus):
+    def __init__(self, instance: str, cgroups: Cgroups, client=None, gpus=read_gpus, node: str = ""):
         import docker
 
         self.instance = instance
+        self.node = node  # on a swarm, the node this exporter reads (each node has its own)
         self.cgroups = cgroups
         self.client = client or docker.from_env(timeout=10)
         self.gpus = gpus
@@ -264,19 +280,19 @@ class LabCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         started = time.monotonic()
-        names = ["name", "role", "user", "profile"]
+        names = ["name", "role", "user", "profile", "node"]
         cpu = CounterMetricFamily("lab_container_cpu_seconds", "CPU time a container of the lab has used", labels=names)
         mem = GaugeMetricFamily("lab_container_memory_bytes",
                                 "Memory a container uses, without the page cache the kernel may take back",
                                 labels=names)
         limit = GaugeMetricFamily("lab_container_memory_limit_bytes", "A container's memory limit", labels=names)
-        count = GaugeMetricFamily("lab_containers", "Running containers of the lab, by role", labels=["role"])
+        count = GaugeMetricFamily("lab_containers", "Running containers of the lab, by role", labels=["role", "node"])
         held = GaugeMetricFamily("lab_gpu_allocated", "1 for each GPU (or MIG slice) a student's server holds",
-                                 labels=["user", "device", "profile"])
+                                 labels=["user", "device", "profile", "node"])
         util = GaugeMetricFamily("lab_gpu_utilization_ratio", "How busy a GPU is (0-1), with who holds it",
-                                 labels=["device", "user"])
+                                 labels=["device", "user", "node"])
         gmem = GaugeMetricFamily("lab_gpu_memory_used_bytes", "GPU memory in use, with who holds the GPU",
-                                 labels=["device", "user"])
+                                 labels=["device", "user", "node"])
         roles: dict[str, int] = {}
         allocations, profiles = {}, {}
         for c in self.containers():
@@ -298,25 +314,54 @@ class LabCollector:
             if usage is None:
                 continue
             name = (c.attrs.get("Names") or [c.id[:12]])[0].lstrip("/")
-            values = [name, role, user, profile]
+            values = [name, role, user, profile, self.node]
             cpu.add_metric(values, usage.cpu_seconds)
             mem.add_metric(values, usage.memory_bytes)
             if usage.memory_limit:
                 limit.add_metric(values, usage.memory_limit)
         for role, n in sorted(roles.items()):
-            count.add_metric([role], n)
+            count.add_metric([role, self.node], n)
         gpus = self.gpus() if allocations else []
         for user, device, figures in gpu_holders(allocations, gpus):
-            held.add_metric([user, device, profiles.get(user, "")], 1)
+            held.add_metric([user, device, profiles.get(user, ""), self.node], 1)
             if figures and "utilization" in figures:
-                util.add_metric([device, user], figures["utilization"])
+                util.add_metric([device, user, self.node], figures["utilization"])
             if figures and "memory_used" in figures:
-                gmem.add_metric([device, user], figures["memory_used"])
+                gmem.add_metric([device, user, self.node], figures["memory_used"])
         took = GaugeMetricFamily("lab_exporter_scrape_seconds", "How long this reading took")
         took.add_metric([], time.monotonic() - started)
         fallbacks = CounterMetricFamily("lab_exporter_stats_api_calls", "Readings that needed Docker's stats API")
         fallbacks.add_metric([], self.fallbacks)
         yield from (cpu, mem, limit, count, held, util, gmem, took, fallbacks)
+
+
+# --- on a swarm: the exporter on every node -------------------------------------------------------
+
+def service_spec(instance: str, image: str, network: str) -> dict:
+    """The global exporter service (docker-py ``create_service`` arguments): on each node, that
+    node's containers of the lab, read as the compose service reads one host's. It joins the lab's
+    network, where Prometheus finds every task by DNS; nodeguard lets no student's server reach it.
+    NVIDIA's runtime, the default on the lab's GPU nodes, gives it nvidia-smi (utility only)."""
+    import docker.types
+
+    from .nodeguard import health_check
+
+    container = docker.types.ContainerSpec(
+        image, command=["python3", "-m", "hub.monitoring"],
+        env={"LAB_INSTANCE": instance, "LAB_NODE": "{{.Node.Hostname}}",
+             "NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "utility"},
+        mounts=[docker.types.Mount("/var/run/docker.sock", "/var/run/docker.sock", type="bind"),
+                docker.types.Mount("/host/cgroup", "/sys/fs/cgroup", type="bind", read_only=True)],
+        labels={"mlops-lab.instance": instance, "mlops-lab.role": "metrics"},
+        healthcheck=health_check(["python3", "-c", "import socket; "
+                                  f"socket.create_connection(('127.0.0.1', {EXPORTER_PORT}), 2).close()"]),
+    )
+    task = docker.types.TaskTemplate(container, networks=[{"Target": network}],
+                                     restart_policy=docker.types.RestartPolicy(condition="any", delay=2_000_000_000))
+    return {"task_template": task, "mode": docker.types.ServiceMode("global"),
+            "name": exporter_service_name(instance),
+            "endpoint_spec": docker.types.EndpointSpec(mode="dnsrr"),
+            "labels": {"mlops-lab.instance": instance, "mlops-lab.role": "metrics"}}
 
 
 def main() -> None:
@@ -329,10 +374,11 @@ def main() -> None:
                  "(docker-compose.yml does)")
     cgroups = Cgroups(root)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LabCollector(instance, cgroups))
+    node = os.environ.get("LAB_NODE", "")
+    registry.register(LabCollector(instance, cgroups, node=node))
     start_http_server(EXPORTER_PORT, addr="0.0.0.0", registry=registry)
-    print(f"[metrics] containers of {instance} (cgroup {'v2' if cgroups.v2 else 'v1'} at {root}), "
-          f"on :{EXPORTER_PORT}/metrics", flush=True)
+    print(f"[metrics] containers of {instance}{' on node ' + node if node else ''} "
+          f"(cgroup {'v2' if cgroups.v2 else 'v1'} at {root}), on :{EXPORTER_PORT}/metrics", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

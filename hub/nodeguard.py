@@ -4,7 +4,7 @@ On one host, netguard (hub/netguard.py) filters the lab's bridge in the host's c
 swarm, students' servers on different nodes talk over an overlay network whose traffic never
 passes a host's FORWARD chain, so the rules go where every packet of a server passes: its own
 network namespace. Nodeguard runs on every node (a global Swarm service the hub keeps in place,
-``ensure_service``), watches its node's engine for the lab's student containers and, for each
+``hub.swarm.start_node_services``), watches its node's engine for the lab's student containers and, for each
 one as it starts, writes its filter table with ``nsenter`` + ``iptables-restore``:
 
 - in: only the hub and the proxy, to the server's port;
@@ -41,12 +41,18 @@ import sys
 import tarfile
 import threading
 import time
+from pathlib import Path
 
 HUB_PORT, PROXY_PORT, EGRESS_PORT, SERVER_PORT = 8081, 8000, 3128, 8888
 GUARD_DIR = "/etc/lab/guard"
 MARK = "in-force"
 HOST_PROC = os.environ.get("LAB_HOST_PROC", "/host/proc")
 ROUND = 2.0
+# Touched after every round; the service's health check reads its age. (The hub image's own check
+# asks the hub's port, which a nodeguard task does not have: Swarm would replace every nodeguard
+# task as unhealthy about every 45 s, and the servers starting meanwhile would wait for its mark.)
+ALIVE = "/tmp/nodeguard-alive"
+ALIVE_WITHIN = 60
 
 
 def addresses(net: str) -> dict[str, str]:
@@ -202,6 +208,16 @@ class NodeGuard:
             self.handle(event.get("id", ""), role)
 
 
+def health_check(command: list[str]):
+    """A global service's own health check, in place of the hub image's (the hub's port): Swarm
+    replaces a task that fails it three times in a row."""
+    import docker.types
+
+    second = 1_000_000_000
+    return docker.types.Healthcheck(test=["CMD", *command], interval=10 * second, timeout=5 * second,
+                                    retries=3, start_period=30 * second)
+
+
 def service_spec(instance: str, image: str, net: str, isolate: bool) -> dict:
     """The global service's arguments for docker-py's ``create_service``/``update_service``."""
     import docker.types
@@ -213,32 +229,13 @@ def service_spec(instance: str, image: str, net: str, isolate: bool) -> dict:
                 docker.types.Mount(HOST_PROC, "/proc", type="bind", read_only=True)],
         cap_add=["NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"],
         labels={"mlops-lab.instance": instance, "mlops-lab.role": "nodeguard"},
+        healthcheck=health_check(["python3", "-c", "import os, sys, time; "
+                                  f"sys.exit(time.time() - os.stat('{ALIVE}').st_mtime > {ALIVE_WITHIN})"]),
     )
     task = docker.types.TaskTemplate(container, networks=[{"Target": "host"}],
                                      restart_policy=docker.types.RestartPolicy(condition="any", delay=2_000_000_000))
     return {"task_template": task, "mode": docker.types.ServiceMode("global"), "name": f"{instance}-nodeguard",
             "labels": {"mlops-lab.instance": instance, "mlops-lab.role": "nodeguard"}}
-
-
-def ensure_service(client, instance: str, image: str, net: str, isolate: bool, log=print) -> str:
-    """Create the global nodeguard service, or update it when its image or settings changed."""
-    spec = service_spec(instance, image, net, isolate)
-    name = spec["name"]
-    found = client.services(filters={"name": name})
-    found = [s for s in found if s["Spec"]["Name"] == name]
-    if not found:
-        client.create_service(**spec)
-        log(f"[mlops-lab] nodeguard: created the global service {name} ({image})")
-        return "created"
-    current = found[0]
-    running = current["Spec"]["TaskTemplate"]["ContainerSpec"]
-    want = spec["task_template"]["ContainerSpec"]
-    if running.get("Image", "").split("@")[0] == image and sorted(running.get("Env") or []) == sorted(want["Env"]):
-        return "unchanged"
-    client.update_service(current["ID"], current["Version"]["Index"], task_template=spec["task_template"],
-                          name=name, mode=spec["mode"], labels=spec["labels"], fetch_current_spec=False)
-    log(f"[mlops-lab] nodeguard: updated the global service {name} ({image})")
-    return "updated"
 
 
 def main() -> None:
@@ -248,6 +245,7 @@ def main() -> None:
     threading.Thread(target=guard.watch, name="events", daemon=True).start()
     while True:
         guard.round()
+        Path(ALIVE).touch()
         time.sleep(ROUND)
 
 

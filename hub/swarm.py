@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import re
 import time
@@ -372,14 +373,51 @@ def running_gpu_services(client, instance: str) -> dict[str, tuple[str, str]]:
     return running
 
 
-def start_nodeguard(settings, log=print) -> str:
-    """At hub start: the global nodeguard service in place, with this hub's image and settings."""
-    from .nodeguard import ensure_service
+def ensure_global_service(client, spec: dict, log=print) -> str:
+    """Create a global service of the lab (nodeguard, the exporter), or update it when anything in
+    its spec changed (image, command, environment, mounts, health check...): the service carries
+    a digest of the spec it was made from. The hub calls it at each start."""
+    spec = dict(spec)
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    spec["labels"] = {**(spec.get("labels") or {}), "mlops-lab.spec": digest}
+    name, image = spec["name"], spec["task_template"]["ContainerSpec"]["Image"]
+    found = [s for s in client.services(filters={"name": name}) if s["Spec"]["Name"] == name]
+    if not found:
+        client.create_service(**spec)
+        log(f"[mlops-lab] created the global service {name} ({image})")
+        return "created"
+    current = found[0]
+    if (current["Spec"].get("Labels") or {}).get("mlops-lab.spec") == digest:
+        return "unchanged"
+    client.update_service(current["ID"], current["Version"]["Index"], fetch_current_spec=False, **spec)
+    log(f"[mlops-lab] updated the global service {name} ({image})")
+    return "updated"
+
+
+def remove_global_service(client, name: str, log=print) -> bool:
+    found = [s for s in client.services(filters={"name": name}) if s["Spec"]["Name"] == name]
+    for service in found:
+        client.remove_service(service["ID"])
+        log(f"[mlops-lab] removed the global service {name}")
+    return bool(found)
+
+
+def start_node_services(settings, log=print) -> None:
+    """At hub start: the lab's global services in place, with this hub's image and settings:
+    nodeguard, the firewall of students' servers, and with monitoring on, the exporter that reads
+    each node's containers for Prometheus."""
+    from . import monitoring, nodeguard
 
     image = settings.env["LAB_HUB_IMAGE"]
     if not image:
         raise SystemExit("[mlops-lab] swarm.enabled: LAB_HUB_IMAGE is not set (docker-compose.swarm.yml sets it; "
                          "is that file in COMPOSE_FILE?)")
     client = docker.APIClient(version="auto")
-    return ensure_service(client, settings.instance, image, settings.env["LAB_SWARM_NET"],
-                          settings.get("network.isolate"), log=lambda m: log(m, flush=True))
+    say = lambda m: log(m, flush=True)  # noqa: E731
+    ensure_global_service(client, nodeguard.service_spec(settings.instance, image, settings.env["LAB_SWARM_NET"],
+                                                         settings.get("network.isolate")), log=say)
+    exporter = monitoring.service_spec(settings.instance, image, settings.network)
+    if settings.get("monitoring.enabled"):
+        ensure_global_service(client, exporter, log=say)
+    else:
+        remove_global_service(client, exporter["name"], log=say)

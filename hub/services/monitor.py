@@ -65,7 +65,7 @@ CHARTS = [
     ]),
 ]
 # Only servers running now (a stopped one's CPU series lingers in the rate window).
-BUSIEST_CPU = ('topk(10, sum by (user, profile) (rate(lab_container_cpu_seconds_total{role="student-server"}[2m]))'
+BUSIEST_CPU = ('topk(10, sum by (user, profile, node) (rate(lab_container_cpu_seconds_total{role="student-server"}[2m]))'
                ' and on (user) sum by (user) (lab_container_memory_bytes{role="student-server"}))')
 STUDENT_MEMORY = 'sum by (user) (lab_container_memory_bytes{role="student-server"})'
 GPU_HELD = "lab_gpu_allocated"
@@ -212,6 +212,7 @@ class MonitorHandler(ServiceHandler):
         memory = {r["metric"].get("user", ""): _number(r["value"][1])
                   for r in await self.prometheus.instant(STUDENT_MEMORY)}
         busiest = [{"user": r["metric"].get("user", ""), "profile": r["metric"].get("profile", ""),
+                    "node": r["metric"].get("node", ""),
                     "cpu_cores": _number(r["value"][1]), "memory_bytes": memory.get(r["metric"].get("user", ""))}
                    for r in await self.prometheus.instant(BUSIEST_CPU)]
         busiest.sort(key=lambda row: -(row["cpu_cores"] or 0))
@@ -249,9 +250,12 @@ def render(data: dict, current: str) -> str:
     now = "".join(f"<div class='card'><div class='value'>{_shown(v)}</div><div>{html.escape(k)}</div></div>"
                   for k, v in data["now"].items())
     charts = "".join(svg_chart(c["title"], c["unit"], c["series"], data["start"], data["end"]) for c in data["charts"])
+    # On a swarm each server's machine (the node its exporter reads); one host has one.
+    nodes = any(b.get("node") for b in data["busiest"])
     rows = "".join(
         f"<tr><td>{html.escape(b['user'])}</td><td>{html.escape(b['profile'])}</td><td>{_shown(b['cpu_cores'], 2)}</td>"
-        f"<td>{_shown(None if b['memory_bytes'] is None else b['memory_bytes'] / 2**20, 0)}</td></tr>"
+        f"<td>{_shown(None if b['memory_bytes'] is None else b['memory_bytes'] / 2**20, 0)}</td>"
+        + (f"<td>{html.escape(b.get('node', ''))}</td>" if nodes else "") + "</tr>"
         for b in data["busiest"]) or "<tr><td colspan='4'>No student's server is running.</td></tr>"
     gpus = "".join(
         f"<tr><td>{html.escape(g['device'])}</td><td>{html.escape(g['user'])}</td><td>{html.escape(g['profile'])}</td>"
@@ -261,7 +265,7 @@ def render(data: dict, current: str) -> str:
     return (f"<p>Range: {links} · <a href='?range={current}&amp;format=json'>JSON</a> · this page reloads every 30 s</p>"
             f"<section class='cards'>{now}</section>{charts}"
             "<h2>Busiest students (CPU, last 2 minutes)</h2><table><tr><th>Student</th><th>Profile</th>"
-            f"<th>CPU cores</th><th>Memory (MiB)</th></tr>{rows}</table>"
+            f"<th>CPU cores</th><th>Memory (MiB)</th>{'<th>Machine</th>' if nodes else ''}</tr>{rows}</table>"
             "<h2>GPUs</h2><table><tr><th>Device</th><th>Student</th><th>Profile</th><th>Busy (%)</th>"
             f"<th>Memory (GiB)</th></tr>{gpus}</table>")
 

@@ -66,7 +66,8 @@ profiles:
     mem_limit: 1G
     cpu_limit: 0.5
 monitoring:
-  enabled: false
+  enabled: true
+  scrape_seconds: 5
 grading:
   test_clock: true
   workers: 2
@@ -138,11 +139,12 @@ def _remove() -> None:
 
 
 def _load_images(swarm: Swarm, workdir: Path) -> None:
-    """The manager gets the hub's images; the workers the course image and the hub's, which
-    nodeguard runs on every node (there is no registry: `docker save`, then `docker load`)."""
+    """The manager gets the hub's images and Prometheus; the workers the course image and the
+    hub's, which nodeguard and the exporter run on every node (there is no registry: `docker
+    save`, then `docker load`)."""
     archive = workdir / "images.tar"
     run("docker", "save", "-o", str(archive), f"mlops-lab/course:{TAG}", f"mlops-lab/hub:{TAG}")
-    manager = subprocess.Popen(f"docker save mlops-lab/hub:{TAG} mlops-lab/idp:{TAG} | "
+    manager = subprocess.Popen(f"docker save mlops-lab/hub:{TAG} mlops-lab/idp:{TAG} mlops-lab/prometheus:{TAG} | "
                                f"docker exec -i {container('mgr')} docker load -q", shell=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     workers = [subprocess.Popen(["docker", "exec", "-i", container(n), "docker", "load", "-q"],
@@ -233,7 +235,7 @@ class SwarmLab(Lab):
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         cmd = ["docker", "exec", container("mgr"), "docker", "compose", "--project-directory", "/lab",
                "-f", "/lab/docker-compose.yml", "-f", "/lab/docker-compose.swarm.yml",
-               "--env-file", f"/lab-test/{self.env_file.name}", "-p", INSTANCE, "--profile", "demo", *args]
+               "--env-file", f"/lab-test/{self.env_file.name}", "-p", INSTANCE, "--profile", "demo", "--profile", "monitoring", *args]
         return subprocess.run(cmd, check=check, capture_output=True, text=True)
 
     def service(self, user: str) -> str:
@@ -249,13 +251,13 @@ class SwarmLab(Lab):
         return self.swarm.docker("mgr", "exec", f"{INSTANCE}-hub-1", "cat", path)
 
 
-def start_lab(swarm: Swarm, extra_env: tuple[str, ...] = ()) -> SwarmLab:
+def start_lab(swarm: Swarm, extra_env: tuple[str, ...] = (), extra_settings: str = "") -> SwarmLab:
     """The lab on the manager, with compose, as `make up` starts it; up once it answers and the
-    test roster is in (also for bench/burst_swarm.py)."""
+    test roster is in (also for bench/burst_swarm.py, which may add top-level lab.yaml sections)."""
     workdir: Path = swarm.workdir
     token = secrets.token_hex(32)
     settings_file = workdir / "lab.yaml"
-    settings_file.write_text(SWARM_SETTINGS)
+    settings_file.write_text(SWARM_SETTINGS + extra_settings)
     settings_file.chmod(0o644)
     env_file = workdir / "swarm.env"
     env_file.write_text("\n".join([

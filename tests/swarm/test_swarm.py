@@ -1,7 +1,8 @@
 """The lab on a three-node swarm (tests/swarm/conftest.py): students land on different workers,
-a worker stops and its student starts again on the other with their home as they left it, the
-manager restarts and nothing is lost, GPUs are placed by the nodes' declared resources, and
-grading's sandboxes run on the workers, cut off from every network, within their limits.
+an instructor watches them on the monitor page, each with its machine, a worker stops and its
+student starts again on the other with their home as they left it, the manager restarts and
+nothing is lost, GPUs are placed by the nodes' declared resources, and grading's sandboxes run
+on the workers, cut off from every network, within their limits.
 
 The tests run in this order and share the swarm; each says what it leaves for the next.
 """
@@ -60,6 +61,73 @@ def test_students_land_on_different_nodes_with_their_homes_on_shared_storage(swa
     STATE.update(pages=pages, nodes=nodes)
 
 
+BUSY_LOOP = ("import os, time\nend = time.time() + 240\n"
+             "while time.time() < end and not os.path.exists('/tmp/stop-busy'): pass")
+
+
+def test_an_instructor_sees_the_students_busy_on_each_worker_with_its_machine(swarm, swarm_lab, browser):
+    """Monitoring on a swarm: an exporter on every node (a global service), which Prometheus on
+    the manager finds by DNS. Both students train on their own worker; the instructor opens the
+    monitor page from the hub's Services menu and sees each busy, with the machine it runs on."""
+    nodes = STATE["nodes"]
+    containers = {person: student_container(swarm, swarm_lab, person) for person in nodes}
+    for node, cid in containers.values():
+        swarm.docker(node, "exec", "-d", "-u", "1000", cid, "python3", "-c", BUSY_LOOP)
+    teacher = new_page(browser)
+    try:
+        login_dtu(swarm_lab, teacher, "teacher")
+        teacher.wait_for_url(f"{swarm_lab.url}/hub/**")
+        teacher.goto(f"{swarm_lab.url}/hub/home")
+        teacher.get_by_role("button", name="Services").click()
+        teacher.get_by_role("link", name="monitor", exact=True).click()
+        teacher.wait_for_url(f"{swarm_lab.service_url('monitor')}/**")
+        expect(teacher.get_by_role("heading", name="Lab monitor")).to_be_visible()
+
+        def busy_rows():
+            teacher.reload()
+            seen = {}
+            for person in nodes:
+                row = teacher.locator("tr", has=teacher.locator("td", has_text=person))
+                if row.count() != 1 or row.locator("td").count() != 5:
+                    return None
+                cells = [row.locator("td").nth(i).inner_text() for i in range(5)]
+                if float(cells[2]) < 0.3:  # CPU cores over the last 2 minutes
+                    return None
+                seen[person] = cells[4]
+            return seen
+
+        machines = wait_for(busy_rows, "both students busy on the monitor page, with their machines", timeout=240)
+        assert machines == {person: NODES[node] for person, node in nodes.items()}
+        teacher.screenshot(path=str(ARTIFACTS / "swarm-monitor.png"), full_page=True)
+    finally:
+        teacher.context.close()
+        for node, cid in containers.values():
+            swarm.docker(node, "exec", "-u", "1000", cid, "touch", "/tmp/stop-busy", check=False)
+
+
+def global_tasks(swarm, lab) -> dict[str, list[tuple[str, str, str]]]:
+    """For nodeguard and the exporter: every task Swarm has made, as (node, task id, current state)."""
+    tasks = {}
+    for role in ("nodeguard", "metrics"):
+        out = swarm.docker("mgr", "service", "ps", "--no-trunc", "--format", "{{.Node}} {{.ID}} {{.CurrentState}}",
+                           f"{lab.instance}-{role}")
+        tasks[role] = sorted(tuple(line.split(" ", 2)) for line in out.splitlines())
+    return tasks
+
+
+def exporter_addresses(swarm, lab) -> dict[str, str]:
+    """node key -> the overlay address of that node's exporter task."""
+    ids = swarm.docker("mgr", "service", "ps", "-q", "--filter", "desired-state=running", f"{lab.instance}-metrics").split()
+    by_node = {v: k for k, v in NODES.items()}
+    found = {}
+    for task in swarm.docker_json("mgr", "inspect", *ids):
+        node = swarm.docker("mgr", "node", "inspect", task["NodeID"], "--format", "{{.Description.Hostname}}").strip()
+        for attachment in task.get("NetworksAttachments") or []:
+            if attachment["Network"]["Spec"]["Name"] == lab.instance:
+                found[by_node[node]] = attachment["Addresses"][0].split("/")[0]
+    return found
+
+
 def student_container(swarm, lab, person: str) -> tuple[str, str]:
     node = swarm.node_of_service(lab.service(person))
     cid = swarm.docker(node, "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={lab.service(person)}").split()[0]
@@ -74,19 +142,28 @@ def probe(swarm, node: str, cid: str, *targets: str) -> dict[str, str]:
 
 def test_isolation_holds_across_nodes(swarm, swarm_lab):
     """From s230001's server: the other student's server on the other node, the nodes' Docker and
-    Swarm ports, the identity provider, the proxy's API and cloud metadata are refused; the hub's
+    Swarm ports, the identity provider, the proxy's API, Prometheus and every node's exporter
+    (its own node's too) and cloud metadata are refused; the hub's
     API, the proxy and the egress proxy are open (controls)."""
     node, cid = student_container(swarm, swarm_lab, "s230001")
     other_node, other_cid = student_container(swarm, swarm_lab, "s230002")
     assert node != other_node
+    # The global services run one task per node, each healthy, none replaced since the lab started
+    # minutes ago (Swarm replaces an unhealthy task: a check that cannot pass shows here).
+    for role, tasks in global_tasks(swarm, swarm_lab).items():
+        assert sorted(t[0] for t in tasks) == sorted(NODES.values()), (role, tasks)
+        assert all(t[2].startswith("Running") for t in tasks), (role, tasks)
     other_ip = swarm.docker(other_node, "inspect", other_cid, "--format",
                             f"{{{{(index .NetworkSettings.Networks \"{swarm_lab.instance}\").IPAddress}}}}").strip()
     manager_ip = swarm.docker("mgr", "info", "--format", "{{.Swarm.NodeAddr}}").strip()
     worker_ip = swarm.docker(other_node, "info", "--format", "{{.Swarm.NodeAddr}}").strip()
+    exporters = exporter_addresses(swarm, swarm_lab)
+    assert set(exporters) == {"mgr", "a", "b"}, exporters  # one per node
     seen = probe(swarm, node, cid, "hub:8081", "proxy:8000", "egress:3128",
                  f"{other_ip}:8888", f"{swarm_lab.service('s230002')}:8888", "proxy:8001", "hub:10102",
                  "idp:9400", f"{manager_ip}:2377", f"{manager_ip}:7946", f"{worker_ip}:7946",
-                 f"{manager_ip}:2375", "169.254.169.254:80")
+                 f"{manager_ip}:2375", "169.254.169.254:80", "prometheus:9090",
+                 *(f"{ip}:9101" for ip in exporters.values()))
     opened = {k for k, v in seen.items() if v == "open"}
     assert opened == {"hub:8081", "proxy:8000", "egress:3128"}, seen
     # The student cannot put nodeguard's mark themselves (nor remove it).
@@ -138,6 +215,7 @@ def test_a_stopped_worker_its_student_is_told_and_starts_again_on_the_other_with
 
 def test_the_manager_restarts_and_nothing_is_lost(swarm, swarm_lab):
     before = {p: swarm_lab.api("GET", f"/users/{p}").json()["servers"][""]["started"] for p in ("s230001", "s230002")}
+    STATE["global_tasks_before_restart"] = global_tasks(swarm, swarm_lab)
     swarm.stop_node("mgr")
     swarm.start_node("mgr")
     swarm_lab.wait_hub(timeout=300)
@@ -154,6 +232,16 @@ def test_the_manager_restarts_and_nothing_is_lost(swarm, swarm_lab):
         assert person in wait_for(note, f"{person}'s notes through the proxy", timeout=120)["content"]
     users = {u["name"] for u in swarm_lab.api("GET", "/users").json()}
     assert {"s230001", "s230002", "s230003", "teacher"} <= users
+    # The restarted hub found nodeguard and the exporter as it left them: on the worker that ran
+    # throughout, the same tasks (an update of the services would have replaced them; the
+    # manager's own restarted with its engine, and the other worker's with it in the test before).
+    steady = NODES[STATE["nodes"]["s230002"]]
+
+    def running_on_steady_worker(tasks):
+        return {role: [t[1] for t in found if t[0] == steady and t[2].startswith("Running")]
+                for role, found in tasks.items()}
+    now = running_on_steady_worker(global_tasks(swarm, swarm_lab))
+    assert now == running_on_steady_worker(STATE["global_tasks_before_restart"]) and all(now.values()), now
     for person in before:
         swarm_lab.stop(person)
 

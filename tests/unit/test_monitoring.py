@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from hub.config import apply
-from hub.monitoring import (Cgroups, gpu_holders, parse_nvidia_smi, prometheus_config, usage_from_stats,
-                            write_prometheus_config)
-from hub.services.monitor import range_points, svg_chart
+from hub.monitoring import (Cgroups, gpu_holders, parse_nvidia_smi, prometheus_config, service_spec,
+                            usage_from_stats, write_prometheus_config)
+from hub.services.monitor import range_points, render, svg_chart
 from hub.settings import load_settings
 from traitlets.config import Config
 
@@ -165,3 +165,39 @@ def test_the_grafana_dashboard_is_written_from_the_monitor_pages_queries():
     assert any("$__rate_interval" in e for e in exprs)
     provisioning = yaml.safe_load((root / "images/grafana/provisioning/datasources/prometheus.yaml").read_text())
     assert provisioning["datasources"][0]["uid"] == committed["panels"][0]["datasource"]["uid"]
+
+
+def test_on_a_swarm_prometheus_finds_every_nodes_exporter_by_dns():
+    jobs = {job["job_name"]: job for job in yaml.safe_load(prometheus_config(15, swarm_service="lab-metrics"))["scrape_configs"]}
+    # One address per task of the global service: a node that joins is scraped after the next lookup.
+    assert jobs["containers"]["dns_sd_configs"] == [
+        {"names": ["tasks.lab-metrics"], "type": "A", "port": 9101, "refresh_interval": "15s"}]
+    assert "static_configs" not in jobs["containers"]
+    assert jobs["hub"]["static_configs"][0]["targets"] == ["hub:8081"]
+
+
+def test_the_exporter_service_reads_each_nodes_containers_on_the_lab_network():
+    spec = service_spec("lab", "mlops-lab/hub:1", "lab-net")
+    assert spec["name"] == "lab-metrics" and spec["mode"] == {"global": {}}
+    task = spec["task_template"]
+    container = task["ContainerSpec"]
+    assert container["Command"] == ["python3", "-m", "hub.monitoring"]
+    # Each task names its node: Swarm fills the template in.
+    assert "LAB_NODE={{.Node.Hostname}}" in container["Env"] and "LAB_INSTANCE=lab" in container["Env"]
+    mounts = {m["Target"]: m for m in container["Mounts"]}
+    assert mounts["/host/cgroup"]["Source"] == "/sys/fs/cgroup" and mounts["/host/cgroup"]["ReadOnly"]
+    assert mounts["/var/run/docker.sock"]["Source"] == "/var/run/docker.sock"
+    assert task["Networks"] == [{"Target": "lab-net"}]
+    assert spec["endpoint_spec"]["Mode"] == "dnsrr"
+    assert container["Labels"]["mlops-lab.role"] == "metrics"
+    # Its own health check (the hub image's asks the hub's port: Swarm would replace every task).
+    assert "9101" in " ".join(container["Healthcheck"]["Test"]) and "8081" not in " ".join(container["Healthcheck"]["Test"])
+
+
+def test_the_busiest_students_show_their_machine_on_a_swarm_only():
+    row = {"user": "s230001", "profile": "cpu", "cpu_cores": 0.9, "memory_bytes": 2**28}
+    data = {"now": {}, "charts": [], "gpus": [], "start": 0, "end": 60}
+    one_host = render({**data, "busiest": [{**row, "node": ""}]}, "1h")
+    assert "Machine" not in one_host and "<td>s230001</td><td>cpu</td><td>0.90</td><td>256</td></tr>" in one_host
+    swarm = render({**data, "busiest": [{**row, "node": "node-<a>"}]}, "1h")
+    assert "<th>Machine</th>" in swarm and "<td>256</td><td>node-&lt;a&gt;</td></tr>" in swarm

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from hub import nodeguard
+from hub.nodeguard import ALIVE, ALIVE_WITHIN, service_spec
 from tests.conftest import CONNECT_SCRIPT
 
 NET = "10.201"
@@ -167,3 +168,19 @@ def test_a_grading_sandbox_is_cut_off_from_every_network(namespaces, monkeypatch
     assert nodeguard.interfaces(pid) == ["lo"]
     assert connect(server, f"{a['hub']}:8081", f"{OTHER}:8888") == {
         f"{a['hub']}:8081": "OSError", f"{OTHER}:8888": "OSError"}
+
+
+def test_nodeguards_health_check_is_its_own_rounds_not_the_hubs_port(tmp_path):
+    """The hub image's check asks the hub's port, which a nodeguard task has not: Swarm would
+    replace every task as unhealthy. Nodeguard's check is the age of the file each round touches."""
+    check = service_spec("lab", "mlops-lab/hub:1", "10.201", True)["task_template"]["ContainerSpec"]["Healthcheck"]
+    assert check["Test"][0] == "CMD" and "8081" not in " ".join(check["Test"])
+    assert check["Retries"] == 3 and check["StartPeriod"] == 30 * 10**9
+    alive = tmp_path / "alive"
+    command = [c.replace(ALIVE, str(alive)) for c in check["Test"][1:]]
+    assert subprocess.run(command).returncode != 0  # no round yet
+    alive.touch()
+    assert subprocess.run(command).returncode == 0
+    old = time.time() - ALIVE_WITHIN - 5
+    os.utime(alive, (old, old))
+    assert subprocess.run(command).returncode != 0  # rounds stopped
