@@ -19,7 +19,7 @@ help:
 	@echo "make bench-burst [N=100] [WINDOW=120] [WARM=1]  bench/burst.py: N students log in and start servers within WINDOW seconds"
 	@echo "make bench-burst-mini [N=300] [WINDOW=300] [WARM=1]  the same with minimal servers: the hub, proxy and spawner under load"
 	@echo "   (WARM=1: the warm service starts their servers first, as before a session; needs warm.enabled)"
-	@echo "make bench-burst-swarm [N=300] [WINDOW=300]  bench/burst_swarm.py: the mini burst against the lab on a three-node swarm"
+	@echo "make bench-burst-swarm [N=300] [WINDOW=300] [WARM=1]  bench/burst_swarm.py: the mini burst against the lab on a three-node swarm"
 
 up:
 	bash scripts/up.sh
@@ -82,4 +82,4 @@ bench-burst-mini:
 
 bench-burst-swarm:
 	bash scripts/test.sh setup
-	.venv/bin/python bench/burst_swarm.py -n $(or $(N),300) --window $(or $(WINDOW),300)
+	.venv/bin/python bench/burst_swarm.py -n $(or $(N),300) --window $(or $(WINDOW),300) $(if $(WARM),--warm)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The 9:00 burst against the lab on a swarm: bench/burst.py --mini, on three Docker engines.
 
-    bench/burst_swarm.py [-n 300] [--window 300] [--no-floor]     (make bench-burst-swarm)
+    bench/burst_swarm.py [-n 300] [--window 300] [--no-floor] [--warm]     (make bench-burst-swarm)
 
 Builds the swarm the swarm tests use (tests/swarm/conftest.py: a manager and two workers, each a
 Docker engine in a container on this machine, homes on a shared folder), loads the minimal server
@@ -36,6 +36,8 @@ def main() -> int:
     p.add_argument("-n", type=int, default=300, help="students (default 300)")
     p.add_argument("--window", type=float, default=300, help="seconds over which they arrive (default 300)")
     p.add_argument("--no-floor", action="store_true", help="skip the plain Swarm services floor")
+    p.add_argument("--warm", action="store_true", help="the warm service starts the students' servers first "
+                   "(burst.py --warm; the lab gets warm.enabled and a budget for every student)")
     a = p.parse_args()
     subprocess.run(["bash", "scripts/build-images.sh", "--if-missing", "mini"], cwd=ROOT, check=True)
     mini = f"mlops-lab/mini:{TAG}"
@@ -48,19 +50,24 @@ def main() -> int:
         for node in ("mgr", "a", "b"):
             subprocess.run(f"docker save {mini} | docker exec -i {container(node)} docker load -q", shell=True,
                            check=True, capture_output=True)
-        lab = start_lab(swarm, (f"LAB_SERVER_IMAGE={mini}",))
+        warm = f"warm:\n  enabled: true\n  memory_budget: {a.n + 10}G\n" if a.warm else ""  # 1G a server
+        lab = start_lab(swarm, (f"LAB_SERVER_IMAGE={mini}",), warm)
         cmd = [sys.executable, "-u", str(ROOT / "bench" / "burst.py"), "--mini", "--swarm", "--keep",
                "-n", str(a.n), "--window", str(a.window), "--url", lab.url, "--idp", lab.idp_url,
                "--token", lab.token, "--instance", INSTANCE, "--network", INSTANCE,
-               "--docker", f"docker exec {container('mgr')} docker", *(["--no-floor"] if a.no_floor else [])]
+               "--docker", f"docker exec {container('mgr')} docker", *(["--no-floor"] if a.no_floor else []),
+               *(["--warm"] if a.warm else [])]
         code = subprocess.run(cmd, cwd=ROOT).returncode
         # The hub's log says where each start spent its time ("Server of ...: service made in ...").
         logs = ROOT / "bench" / "results" / time.strftime("burst-swarm-%Y%m%d-%H%M%S")
         logs.mkdir(parents=True, exist_ok=True)
         (logs / "compose.log").write_text(lab.compose("logs", "--no-color", "--timestamps", check=False).stdout)
-        guard = subprocess.run(["docker", "exec", container("mgr"), "docker", "service", "logs", "--timestamps",
-                                f"{INSTANCE}-nodeguard"], capture_output=True, text=True)
-        (logs / "nodeguard.log").write_text(guard.stdout + guard.stderr)
+        for node in ("a", "b"):  # each worker's nodeguard (`docker service logs` can hang on a busy swarm)
+            guard = subprocess.run(f"docker exec {container(node)} sh -c 'for c in $(docker ps -aq --filter "
+                                   f"label=com.docker.swarm.service.name={INSTANCE}-nodeguard); do "
+                                   "echo \"== $c\"; docker logs --timestamps $c 2>&1; done'",
+                                   shell=True, capture_output=True, text=True, timeout=120)
+            (logs / f"nodeguard-{node}.log").write_text(guard.stdout + guard.stderr)
         print(f"burst-swarm: the lab's logs are in {logs.relative_to(ROOT)}", flush=True)
         return code
     finally:
