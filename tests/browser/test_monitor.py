@@ -53,8 +53,8 @@ def test_prometheus_scrapes_the_hub_and_every_container(lab):
     assert hub_memory and float(hub_memory[0]["value"][1]) > 50 << 20  # a hub uses well over 50 MiB
 
 
-def test_an_instructor_watches_a_busy_student_and_others_are_refused(lab, browser, busy_student):  # noqa: F811
-    teacher = new_page(browser)
+def open_monitor(lab, teacher) -> None:
+    """The instructor logs in with DTU and opens the monitor page from the hub's Services menu."""
     login_dtu(lab, teacher, "teacher")
     teacher.wait_for_url(f"{lab.url}/hub/**")
     teacher.goto(f"{lab.url}/hub/home")
@@ -62,6 +62,11 @@ def test_an_instructor_watches_a_busy_student_and_others_are_refused(lab, browse
     teacher.get_by_role("link", name="monitor", exact=True).click()
     teacher.wait_for_url(f"{lab.service_url('monitor')}/**")
     expect(teacher.get_by_role("heading", name="Lab monitor")).to_be_visible()
+
+
+def test_an_instructor_watches_a_busy_student_and_others_are_refused(lab, browser, busy_student):  # noqa: F811
+    teacher = new_page(browser)
+    open_monitor(lab, teacher)
     # Five plots, each with its legend.
     expect(teacher.locator("svg[role='img']")).to_have_count(5)
     for title in ("Logins and server starts per minute", "Time to start a server", "Running servers",

@@ -16,6 +16,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.test_login import browser, login_dtu, new_page  # noqa: F401  (browser: the fixture)
+from tests.browser.test_monitor import open_monitor
 from tests.conftest import ARTIFACTS, CONNECT_SCRIPT, submission_archive, wait_for
 from tests.swarm.conftest import FAKE_GPUS, NODES, SUBNET
 
@@ -75,13 +76,7 @@ def test_an_instructor_sees_the_students_busy_on_each_worker_with_its_machine(sw
         swarm.docker(node, "exec", "-d", "-u", "1000", cid, "python3", "-c", BUSY_LOOP)
     teacher = new_page(browser)
     try:
-        login_dtu(swarm_lab, teacher, "teacher")
-        teacher.wait_for_url(f"{swarm_lab.url}/hub/**")
-        teacher.goto(f"{swarm_lab.url}/hub/home")
-        teacher.get_by_role("button", name="Services").click()
-        teacher.get_by_role("link", name="monitor", exact=True).click()
-        teacher.wait_for_url(f"{swarm_lab.service_url('monitor')}/**")
-        expect(teacher.get_by_role("heading", name="Lab monitor")).to_be_visible()
+        open_monitor(swarm_lab, teacher)
 
         def busy_rows():
             teacher.reload()
