@@ -4,7 +4,10 @@ the manager (group lab) and two workers (group lab_workers) with fake GPU UUIDs 
 no GPU here). One host folder is bind-mounted at /srv/lab-homes in all three: it stands for the NFS
 export (swarm_homes_nfs is left empty, so the NFS mount itself is not exercised here).
 
-- the playbook converges: 3 nodes Ready (two workers), each worker declares exactly its GPUs as
+- the playbook converges on the manager and w1; then w2 is added during the course as
+  ansible/README.md says (in the inventory, the playbook with --limit manager,w2), and after the
+  firewall is run for all servers once, every node lets the three in;
+- then: 3 nodes Ready (two workers), each worker declares exactly its GPUs as
   NVIDIA-GPU generic resources and carries the mlops-lab.gpus label, the course image and the hub
   image (nodeguard's) are on each worker with the manager's image ids (w1 loads the images archive,
   which it has too; w2 gets each image saved on the manager and copied), the shared-storage marker
@@ -145,7 +148,7 @@ def swarm(request):
         state = on(node, "timeout", "120", "systemctl", "is-system-running", "--wait", check=False).stdout.strip()
         assert state in ("running", "degraded"), (node, state)
     inventory = work / "inventory.yml"
-    inventory.write_text(f"""\
+    inventory_text = f"""\
 all:
   vars:
     ansible_connection: community.docker.docker
@@ -163,10 +166,14 @@ lab_workers:
       swarm_gpus: {json.dumps(GPUS[W1])}
     {W2}:
       swarm_gpus: {json.dumps(GPUS[W2])}
-""")
+"""
+    inventory.write_text(inventory_text)
+    # Before w2 is added during the course: the manager and w1 only.
+    before_w2 = work / "inventory-before-w2.yml"
+    before_w2.write_text(inventory_text.split(f"    {W2}:")[0])
     (ARTIFACTS / "ansible-swarm-converge.log").unlink(missing_ok=True)
     try:
-        yield {"inventory": inventory, "homes": homes}
+        yield {"inventory": inventory, "before_w2": before_w2, "homes": homes}
     finally:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         for node in NODES:
@@ -214,10 +221,24 @@ def task(output: str, name: str) -> dict[str, str]:
     return dict((host, state) for state, host in re.findall(r"^(\w+): \[([^\]\s]+)", section, re.M))
 
 
-def test_three_servers_become_a_swarm_then_nothing_changes_then_unshared_homes_or_another_swarm_stop_it(swarm):
+def swarm_addresses_allowed(node: str) -> list[list[str]]:
+    """The source addresses of each of the node's firewall rules for Swarm's ports."""
+    rules = on(node, "nft", "list", "table", "inet", "lab_firewall").stdout
+    assert "policy drop" in rules
+    swarm_rules = [l.strip() for l in rules.splitlines() if "2377" in l or "4789" in l]
+    assert len(swarm_rules) == 2, rules
+    return [sorted(re.search(r"ip saddr \{ ([^}]*) \}", rule).group(1).split(", ")) for rule in swarm_rules]
+
+
+def test_a_swarm_then_a_worker_added_during_the_course_then_nothing_changes_then_unshared_homes_or_another_swarm_stop_it(swarm):
     skip = ("--skip-tags", "tls,lab,backup")
-    first = playbook(swarm["inventory"], *skip)
-    assert set(recap(first)) == set(NODES) and all(r["failed"] == 0 for r in recap(first).values())
+    # The course starts on the manager and one worker.
+    first = playbook(swarm["before_w2"], *skip)
+    assert set(recap(first)) == {MANAGER, W1} and all(r["failed"] == 0 for r in recap(first).values())
+    # A worker is added during the course, as ansible/README.md says: in the inventory, then the
+    # playbook for the manager and it only (w1, outside --limit, is left alone).
+    added = playbook(swarm["inventory"], *skip, "--limit", f"{MANAGER},{W2}")
+    assert set(recap(added)) == {MANAGER, W2} and all(r["failed"] == 0 for r in recap(added).values())
 
     # docker node ls: three nodes, all Ready; the manager leads, the two workers are workers.
     listing = on(MANAGER, "docker", "node", "ls", "--format", "{{.Hostname}} {{.Status}} {{.ManagerStatus}}").stdout
@@ -249,25 +270,27 @@ def test_three_servers_become_a_swarm_then_nothing_changes_then_unshared_homes_o
     for name in ("course", "hub"):
         # w1's one load of the archive brought the hub image too.
         assert task(first, f"swarm : Load the image on the worker from the lab's images archive: {name}") == {
-            MANAGER: "skipping", W1: "changed" if name == "course" else "skipping", W2: "skipping"}
-        assert task(first, f"swarm : Load the image there: {name}") == {
-            MANAGER: "skipping", W1: "skipping", W2: "changed"}
+            MANAGER: "skipping", W1: "changed" if name == "course" else "skipping"}
+        assert task(first, f"swarm : Load the image there: {name}") == {MANAGER: "skipping", W1: "skipping"}
+        assert task(added, f"swarm : Load the image there: {name}") == {MANAGER: "skipping", W2: "changed"}
         assert on(W2, "test", "-e", f"/var/tmp/mlops-lab-{name}-image.tar", check=False).returncode != 0  # cleaned up
 
-    # The shared-storage check ran: the manager's marker was read on both workers.
+    # The shared-storage check ran: the manager's marker was read on both workers, each when it joined.
     marker = (swarm["homes"] / ".mlops-lab-shared-check").read_text().strip()
     assert re.fullmatch(r"[A-Za-z0-9]{32}", marker)
-    assert task(first, "swarm : Read the manager's marker on each worker") == {MANAGER: "skipping", W1: "ok", W2: "ok"}
+    assert task(first, "swarm : Read the manager's marker on each worker") == {MANAGER: "skipping", W1: "ok"}
+    assert task(added, "swarm : Read the manager's marker on each worker") == {MANAGER: "skipping", W2: "ok"}
 
-    # The firewall lets Swarm's ports in from the three nodes only.
+    # The firewall lets Swarm's ports in from the lab's nodes only. The manager knows w1 from its
+    # Swarm (w1's facts were not gathered in the --limit run) and w2 from the inventory; w1 does not
+    # know w2 yet, until the firewall is run for all servers once, as the README says.
     addresses = sorted(address(node) for node in NODES)
+    assert swarm_addresses_allowed(MANAGER) == [addresses, addresses]
+    assert swarm_addresses_allowed(W2) == [addresses, addresses]
+    assert address(W2) not in swarm_addresses_allowed(W1)[0]
+    playbook(swarm["inventory"], "--tags", "firewall")
     for node in NODES:
-        rules = on(node, "nft", "list", "table", "inet", "lab_firewall").stdout
-        assert "policy drop" in rules
-        swarm_rules = [l.strip() for l in rules.splitlines() if "2377" in l or "4789" in l]
-        assert len(swarm_rules) == 2, rules
-        for rule in swarm_rules:
-            assert re.search(r"ip saddr \{ ([^}]*) \}", rule).group(1).split(", ") == addresses, rule
+        assert swarm_addresses_allowed(node) == [addresses, addresses], node
 
     # A second run changes nothing.
     second = playbook(swarm["inventory"], *skip)
