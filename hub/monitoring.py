@@ -344,7 +344,7 @@ def service_spec(instance: str, image: str, network: str) -> dict:
     NVIDIA's runtime, the default on the lab's GPU nodes, gives it nvidia-smi (utility only)."""
     import docker.types
 
-    from .nodeguard import health_check
+    from .swarm import health_check
 
     container = docker.types.ContainerSpec(
         image, command=["python3", "-m", "hub.monitoring"],

@@ -208,19 +208,11 @@ class NodeGuard:
             self.handle(event.get("id", ""), role)
 
 
-def health_check(command: list[str]):
-    """A global service's own health check, in place of the hub image's (the hub's port): Swarm
-    replaces a task that fails it three times in a row."""
-    import docker.types
-
-    second = 1_000_000_000
-    return docker.types.Healthcheck(test=["CMD", *command], interval=10 * second, timeout=5 * second,
-                                    retries=3, start_period=30 * second)
-
-
 def service_spec(instance: str, image: str, net: str, isolate: bool) -> dict:
     """The global service's arguments for docker-py's ``create_service``/``update_service``."""
     import docker.types
+
+    from .swarm import health_check
 
     container = docker.types.ContainerSpec(
         image, command=["python3", "-m", "hub.nodeguard"],

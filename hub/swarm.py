@@ -373,6 +373,18 @@ def running_gpu_services(client, instance: str) -> dict[str, tuple[str, str]]:
     return running
 
 
+def health_check(command: list[str]):
+    """A global service's own health check, in place of the hub image's (the hub's port): Swarm
+    replaces a task that fails it three times in a row."""
+    second = 1_000_000_000
+    return docker.types.Healthcheck(test=["CMD", *command], interval=10 * second, timeout=5 * second,
+                                    retries=3, start_period=30 * second)
+
+
+def _services_named(client, name: str) -> list[dict]:
+    return [s for s in client.services(filters={"name": name}) if s["Spec"]["Name"] == name]  # (a prefix filter)
+
+
 def ensure_global_service(client, spec: dict, log=print) -> str:
     """Create a global service of the lab (nodeguard, the exporter), or update it when anything in
     its spec changed (image, command, environment, mounts, health check...): the service carries
@@ -381,7 +393,7 @@ def ensure_global_service(client, spec: dict, log=print) -> str:
     digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
     spec["labels"] = {**(spec.get("labels") or {}), "mlops-lab.spec": digest}
     name, image = spec["name"], spec["task_template"]["ContainerSpec"]["Image"]
-    found = [s for s in client.services(filters={"name": name}) if s["Spec"]["Name"] == name]
+    found = _services_named(client, name)
     if not found:
         client.create_service(**spec)
         log(f"[mlops-lab] created the global service {name} ({image})")
@@ -395,7 +407,7 @@ def ensure_global_service(client, spec: dict, log=print) -> str:
 
 
 def remove_global_service(client, name: str, log=print) -> bool:
-    found = [s for s in client.services(filters={"name": name}) if s["Spec"]["Name"] == name]
+    found = _services_named(client, name)
     for service in found:
         client.remove_service(service["ID"])
         log(f"[mlops-lab] removed the global service {name}")
